@@ -1,0 +1,117 @@
+//! The vCPU-thread side of the protocol.
+
+use crate::shared::Shared;
+use crate::slot::{Life, Location};
+use crate::sync::{lock, wait, Arc, Ordering};
+
+/// What the run loop does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Enter guest mode.
+    Run,
+    /// Leave the run loop: the vCPU was ejected or the VM is shutting down.
+    Exit,
+}
+
+/// Handed to the vCPU thread by [`crate::Backend::spawn`]. The run loop is:
+///
+/// ```text
+/// loop {
+///     if link.checkpoint() == Next::Exit { break }
+///     link.set_location(Location::InGuest);
+///     run guest (returns on a guest exit or a kick)
+///     link.set_location(Location::Userspace);
+///     handle the exit, wrapping device work in link.in_mmio(..)
+/// }
+/// ```
+///
+/// Dropping the link (also on panic) marks the slot exited, which a pause counts as
+/// acknowledged and `reap` turns into a joined, absent slot.
+#[derive(Debug)]
+pub struct VcpuLink {
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+impl VcpuLink {
+    pub(crate) fn new(shared: Arc<Shared>, index: usize) -> VcpuLink {
+        VcpuLink { shared, index }
+    }
+
+    /// The slot index of this vCPU.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The pause/stop point. Call before every entry into guest mode, after the backend has
+    /// cleared whatever made the last kick stick. If a pause is in force this acknowledges
+    /// it and parks until `resume()`; a stop (eject, shutdown) returns [`Next::Exit`].
+    pub fn checkpoint(&self) -> Next {
+        let slot = &self.shared.slots[self.index];
+        if slot.life() == Life::Stopping {
+            return Next::Exit;
+        }
+        let epoch = self.shared.epoch.load(Ordering::SeqCst);
+        if epoch & 1 == 0 {
+            return Next::Run;
+        }
+        self.park()
+    }
+
+    fn park(&self) -> Next {
+        let shared = &*self.shared;
+        let slot = &shared.slots[self.index];
+        slot.set_location(Location::Parked);
+        let mut guard = lock(&shared.park_lock);
+        let next = loop {
+            if slot.life() == Life::Stopping {
+                break Next::Exit;
+            }
+            let epoch = shared.epoch.load(Ordering::SeqCst);
+            if epoch & 1 == 0 {
+                break Next::Run;
+            }
+            if slot.ack.load(Ordering::SeqCst) != epoch {
+                slot.ack.store(epoch, Ordering::SeqCst);
+                // Pausers sleep on `ack_cv` under `ack_lock`; this is the only place a
+                // vCPU takes a second lock, always in the order park_lock -> ack_lock, and
+                // pausers never take park_lock, so no cycle exists.
+                shared.notify_ack();
+            }
+            guard = wait(&shared.park_cv, guard);
+        };
+        drop(guard);
+        slot.set_location(Location::Userspace);
+        next
+    }
+
+    /// Records where the thread is, for diagnosis of a stuck pause.
+    pub fn set_location(&self, location: Location) {
+        self.shared.slots[self.index].set_location(location);
+    }
+
+    /// Runs `f` (a device access) with the location set to "in MMIO handler", and counts
+    /// pauses that start while it runs.
+    pub fn in_mmio<R>(&self, f: impl FnOnce() -> R) -> R {
+        let slot = &self.shared.slots[self.index];
+        slot.set_location(Location::InMmio);
+        let r = f();
+        slot.set_location(Location::Userspace);
+        r
+    }
+
+    /// Whether the slot has been told to stop (cheap; for run loops that poll).
+    pub fn stop_requested(&self) -> bool {
+        self.shared.slots[self.index].life() == Life::Stopping
+    }
+}
+
+impl Drop for VcpuLink {
+    fn drop(&mut self) {
+        let slot = &self.shared.slots[self.index];
+        slot.set_location(Location::Exited);
+        slot.life.store(Life::Exited as u8, Ordering::SeqCst);
+        self.shared.notify_ack();
+        log::debug!("vCPU {} left its run loop", self.index);
+    }
+}

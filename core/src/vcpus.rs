@@ -1,0 +1,419 @@
+//! The VMM-side handle: pause/resume, start/hot-add/stop/reap, and snapshots.
+//!
+//! Slot lifecycle (every arrow is a compare-and-swap on the slot's atomic, so racing
+//! callers agree on one winner):
+//!
+//! ```text
+//! Absent --start/hot_add--> Starting --spawned--> Active --stop/eject--> Stopping
+//!    ^                          |                                            |
+//!    |                          +--spawn failed--> Absent        thread exits v
+//!    +------------------------------ reap (join) <-------------------- Exited
+//! ```
+
+use crate::backend::Backend;
+use crate::error::{CoreError, PauseError, PauseTimeout};
+use crate::link::VcpuLink;
+use crate::shared::Shared;
+use crate::slot::{Life, Location, SlotReport, FLAG_REMOVE_REQUESTED, STATUS_INSERTING, STATUS_REMOVING};
+use crate::sync::{lock, wait_slice, Arc, Deadline, Mutex, Ordering};
+use std::time::Duration;
+
+/// How long a pauser sleeps between re-kicks of vCPUs that have not acknowledged.
+pub const REKICK_INTERVAL: Duration = Duration::from_millis(2);
+
+/// Whether `pause` re-kicks vCPUs that have not acknowledged. Only the model tests turn
+/// it off, to prove that a lost kick hangs a pause without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rekick {
+    /// Re-kick every straggler after each wait slice (the only sound choice).
+    Enabled,
+    /// Kick once and wait. Unsound when a kick can be lost; kept as a negative control.
+    Disabled,
+}
+
+/// Counters since creation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Pauses that completed with every vCPU acknowledged.
+    pub pauses: u64,
+    /// Pauses during which some vCPU was inside a device (MMIO/PIO) handler when kicked.
+    pub pauses_overlapping_mmio: u64,
+    /// Kicks re-sent to vCPUs that had not acknowledged in time.
+    pub rekicks: u64,
+    /// Guest ejects honoured.
+    pub ejects: u64,
+}
+
+struct Inner<B: Backend> {
+    shared: Arc<Shared>,
+    backend: B,
+    /// Thread handles, one lock per slot, held only to put or take the handle.
+    threads: Box<[Mutex<Option<B::Thread>>]>,
+}
+
+/// The core's handle on a VM's vCPUs. Cheap to clone; every method may be called from any
+/// thread, including vCPU threads (the hotplug controller's MMIO handling does).
+pub struct Vcpus<B: Backend> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B: Backend> Clone for Vcpus<B> {
+    fn clone(&self) -> Self {
+        Vcpus { inner: self.inner.clone() }
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for Vcpus<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vcpus").field("max_vcpus", &self.max_vcpus()).finish()
+    }
+}
+
+impl<B: Backend> Vcpus<B> {
+    /// Creates `max_vcpus` empty slots over `backend`. No thread is started.
+    pub fn new(max_vcpus: usize, backend: B) -> Result<Self, CoreError> {
+        if max_vcpus == 0 {
+            return Err(CoreError::NoSlots);
+        }
+        let threads = (0..max_vcpus).map(|_| Mutex::new(None)).collect();
+        Ok(Vcpus { inner: Arc::new(Inner { shared: Arc::new(Shared::new(max_vcpus)), backend, threads }) })
+    }
+
+    /// The number of slots, fixed at creation.
+    pub fn max_vcpus(&self) -> usize {
+        self.inner.shared.slots.len()
+    }
+
+    /// The backend this core drives.
+    pub fn backend(&self) -> &B {
+        &self.inner.backend
+    }
+
+    fn check_index(&self, index: usize) -> Result<(), CoreError> {
+        let max = self.max_vcpus();
+        if index >= max {
+            return Err(CoreError::OutOfRange { index, max });
+        }
+        Ok(())
+    }
+
+    /// Starts a boot vCPU (no hotplug notification to the guest).
+    pub fn start(&self, index: usize) -> Result<(), CoreError> {
+        self.add(index, false)
+    }
+
+    /// Hot-adds a vCPU: starts its thread and marks the slot inserting so the guest's scan
+    /// picks it up. The thread honours a pause already in force before its first entry.
+    pub fn hot_add(&self, index: usize) -> Result<(), CoreError> {
+        self.add(index, true)
+    }
+
+    fn add(&self, index: usize, inserting: bool) -> Result<(), CoreError> {
+        self.check_index(index)?;
+        let inner = &*self.inner;
+        let slot = &inner.shared.slots[index];
+        if !slot.cas_life(Life::Absent, Life::Starting) {
+            return Err(CoreError::WrongState { index, life: slot.life(), op: "add" });
+        }
+        slot.flags.store(0, Ordering::SeqCst);
+        slot.set_location(Location::NotStarted);
+        let link = VcpuLink::new(inner.shared.clone(), index);
+        match inner.backend.spawn(link) {
+            Ok(thread) => {
+                *lock(&inner.threads[index]) = Some(thread);
+                if inserting {
+                    slot.flags.fetch_or(STATUS_INSERTING, Ordering::SeqCst);
+                }
+                // Fails only if the thread already exited (it then waits to be reaped).
+                slot.cas_life(Life::Starting, Life::Active);
+                log::debug!("vCPU {index} started (hotplug: {inserting})");
+                Ok(())
+            }
+            Err(e) => {
+                // The backend dropped the link, which marked the slot Exited; nothing to join.
+                slot.life.store(Life::Absent as u8, Ordering::SeqCst);
+                Err(CoreError::Spawn { index, source: Box::new(e) })
+            }
+        }
+    }
+
+    /// Asks the guest to give up vCPU `index`: sets `removing` (seen by the guest's scan) and
+    /// allows the guest's eject. The thread stops only when the guest ejects the CPU.
+    pub fn request_removal(&self, index: usize) -> Result<(), CoreError> {
+        self.check_index(index)?;
+        let slot = &self.inner.shared.slots[index];
+        match slot.life() {
+            Life::Active | Life::Starting => {
+                slot.flags.fetch_and(!STATUS_INSERTING, Ordering::SeqCst);
+                slot.flags.fetch_or(STATUS_REMOVING | FLAG_REMOVE_REQUESTED, Ordering::SeqCst);
+                Ok(())
+            }
+            life => Err(CoreError::WrongState { index, life, op: "request removal" }),
+        }
+    }
+
+    /// Withdraws a removal request the guest has not acted on yet. Returns whether one was
+    /// pending.
+    pub fn cancel_removal(&self, index: usize) -> Result<bool, CoreError> {
+        self.check_index(index)?;
+        let slot = &self.inner.shared.slots[index];
+        let old = slot.flags.fetch_and(!(STATUS_REMOVING | FLAG_REMOVE_REQUESTED), Ordering::SeqCst);
+        Ok(old & FLAG_REMOVE_REQUESTED != 0)
+    }
+
+    /// Tells vCPU `index` to leave its run loop (wakes it if parked, kicks it out of guest
+    /// mode) without waiting. Returns whether this call did it (false if it was not active).
+    pub fn stop(&self, index: usize) -> Result<bool, CoreError> {
+        self.check_index(index)?;
+        let shared = &*self.inner.shared;
+        let slot = &shared.slots[index];
+        if !slot.cas_life(Life::Active, Life::Stopping) {
+            return Ok(false);
+        }
+        slot.flags.store(0, Ordering::SeqCst);
+        shared.notify_park();
+        self.kick(index);
+        Ok(true)
+    }
+
+    /// Hot-removes vCPU `index` from the VMM side: stops it, waits (bounded) for its thread
+    /// to leave the run loop, re-kicking it, and reaps it. No lock is held while waiting.
+    pub fn hot_remove(&self, index: usize, timeout: Duration) -> Result<(), CoreError> {
+        self.check_index(index)?;
+        self.stop(index)?;
+        let deadline = Deadline::after(timeout);
+        let shared = &*self.inner.shared;
+        let slot = &shared.slots[index];
+        loop {
+            match slot.life() {
+                Life::Exited => {
+                    self.reap_one(index);
+                    return Ok(());
+                }
+                Life::Absent => return Ok(()),
+                Life::Starting | Life::Active => {
+                    return Err(CoreError::WrongState { index, life: slot.life(), op: "hot-remove" })
+                }
+                Life::Stopping => {}
+            }
+            if deadline.passed() {
+                return Err(CoreError::StopTimeout(self.report(index)));
+            }
+            self.kick(index);
+            wait_slice(&shared.ack_lock, &shared.ack_cv, REKICK_INTERVAL, || slot.life() != Life::Stopping);
+        }
+    }
+
+    /// Joins every thread that has left its run loop and empties its slot. Returns the
+    /// indices reaped. Called by the VMM thread (never from a vCPU thread's MMIO handling,
+    /// which only stops a vCPU: two vCPUs ejecting each other must not wait on each other).
+    pub fn reap(&self) -> Vec<usize> {
+        (0..self.max_vcpus()).filter(|&i| self.reap_one(i)).collect()
+    }
+
+    fn reap_one(&self, index: usize) -> bool {
+        let inner = &*self.inner;
+        let slot = &inner.shared.slots[index];
+        if slot.life() != Life::Exited {
+            return false;
+        }
+        // Take the handle under the slot's lock, join with no lock held.
+        let thread = lock(&inner.threads[index]).take();
+        match thread {
+            Some(t) => {
+                inner.backend.join(index, t);
+                slot.flags.store(0, Ordering::SeqCst);
+                slot.cas_life(Life::Exited, Life::Absent)
+            }
+            // The adder has not stored the handle yet, or another reaper took it.
+            None => false,
+        }
+    }
+
+    /// Stops every vCPU and reaps them all, waiting at most `timeout` in total.
+    pub fn shutdown(&self, timeout: Duration) -> Result<(), CoreError> {
+        for i in 0..self.max_vcpus() {
+            self.stop(i)?;
+        }
+        let deadline = Deadline::after(timeout);
+        let shared = &*self.inner.shared;
+        loop {
+            self.reap();
+            let busy = (0..self.max_vcpus()).find(|&i| shared.slots[i].life() != Life::Absent);
+            let Some(i) = busy else { return Ok(()) };
+            if shared.slots[i].life() == Life::Active {
+                // Started after our stop pass (a racing hot-add): stop it too.
+                self.stop(i)?;
+            }
+            if deadline.passed() {
+                return Err(CoreError::StopTimeout(self.report(i)));
+            }
+            self.kick(i);
+            wait_slice(&shared.ack_lock, &shared.ack_cv, REKICK_INTERVAL, || shared.slots[i].life() == Life::Exited);
+        }
+    }
+
+    fn kick(&self, index: usize) {
+        self.inner.shared.slots[index].kicks.fetch_add(1, Ordering::Relaxed);
+        self.inner.backend.kick(index);
+    }
+
+    /// Whether slot `index` still owes an acknowledgement of `epoch`.
+    fn owes_ack(&self, index: usize, epoch: u64) -> bool {
+        let slot = &self.inner.shared.slots[index];
+        slot.life().has_thread() && slot.ack.load(Ordering::SeqCst) != epoch
+    }
+
+    /// Pauses every vCPU: signal all, then wait all, re-kicking stragglers, with no lock
+    /// held while waiting. Returns when every vCPU with a thread has acknowledged (a slot
+    /// that empties meanwhile counts as acknowledged). Pausing while paused waits for the
+    /// pause in force. Past `timeout`, returns an error naming each missing vCPU.
+    pub fn pause(&self, timeout: Duration) -> Result<(), PauseError> {
+        self.pause_with(timeout, Rekick::Enabled)
+    }
+
+    /// [`Vcpus::pause`] with an explicit re-kick policy (model tests only).
+    #[doc(hidden)]
+    pub fn pause_with(&self, timeout: Duration, rekick: Rekick) -> Result<(), PauseError> {
+        let deadline = Deadline::after(timeout);
+        let shared = &*self.inner.shared;
+        let epoch = self.enter_pause();
+        let n = self.max_vcpus();
+
+        // Phase 1: signal all.
+        let mut overlapped = false;
+        for i in 0..n {
+            if self.owes_ack(i, epoch) {
+                overlapped |= shared.slots[i].location() == Location::InMmio;
+                self.kick(i);
+            }
+        }
+        if overlapped {
+            shared.counters.pauses_overlapping_mmio.fetch_add(1, Ordering::Relaxed);
+        }
+
+        // Phase 2: wait all.
+        loop {
+            if shared.epoch.load(Ordering::SeqCst) != epoch {
+                return Err(PauseError::Interrupted);
+            }
+            let pending: Vec<usize> = (0..n).filter(|&i| self.owes_ack(i, epoch)).collect();
+            if pending.is_empty() {
+                shared.counters.pauses.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            if deadline.passed() {
+                let missing = pending.iter().map(|&i| self.report(i)).collect();
+                let err = PauseTimeout { missing };
+                log::warn!("{err}");
+                return Err(PauseError::Timeout(err));
+            }
+            if rekick == Rekick::Enabled {
+                for &i in &pending {
+                    shared.counters.rekicks.fetch_add(1, Ordering::Relaxed);
+                    self.kick(i);
+                }
+            }
+            wait_slice(&shared.ack_lock, &shared.ack_cv, REKICK_INTERVAL, || {
+                shared.epoch.load(Ordering::SeqCst) != epoch || pending.iter().all(|&i| !self.owes_ack(i, epoch))
+            });
+        }
+    }
+
+    /// Moves the epoch to "paused" (or joins the pause in force) and returns it.
+    fn enter_pause(&self) -> u64 {
+        let epoch = &self.inner.shared.epoch;
+        let mut cur = epoch.load(Ordering::SeqCst);
+        loop {
+            if cur & 1 == 1 {
+                return cur;
+            }
+            match epoch.compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return cur + 1,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Ends the pause in force and wakes every parked vCPU. Returns false (and changes
+    /// nothing) if the VM was not paused.
+    pub fn resume(&self) -> bool {
+        let shared = &*self.inner.shared;
+        let guard = lock(&shared.park_lock);
+        let mut cur = shared.epoch.load(Ordering::SeqCst);
+        let resumed = loop {
+            if cur & 1 == 0 {
+                break false;
+            }
+            match shared.epoch.compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => break true,
+                Err(actual) => cur = actual,
+            }
+        };
+        if resumed {
+            shared.park_cv.notify_all();
+        }
+        drop(guard);
+        if resumed {
+            // A pauser still waiting for this epoch learns it was cancelled.
+            shared.notify_ack();
+        }
+        resumed
+    }
+
+    /// Whether a pause is in force (it may not be fully acknowledged yet).
+    pub fn is_paused(&self) -> bool {
+        self.inner.shared.epoch.load(Ordering::SeqCst) & 1 == 1
+    }
+
+    /// A snapshot of slot `index` (panics on an out-of-range index: callers iterate
+    /// `0..max_vcpus()`; use [`Vcpus::try_report`] for indices from outside).
+    pub fn report(&self, index: usize) -> SlotReport {
+        let shared = &*self.inner.shared;
+        let slot = &shared.slots[index];
+        let flags = slot.flags.load(Ordering::SeqCst);
+        let epoch = shared.epoch.load(Ordering::SeqCst);
+        let life = slot.life();
+        SlotReport {
+            index,
+            life,
+            location: slot.location(),
+            inserting: flags & STATUS_INSERTING != 0,
+            removing: flags & STATUS_REMOVING != 0,
+            remove_requested: flags & FLAG_REMOVE_REQUESTED != 0,
+            paused: life.has_thread() && epoch & 1 == 1 && slot.ack.load(Ordering::SeqCst) == epoch,
+            kicks: slot.kicks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A snapshot of slot `index`, or an error for an out-of-range index.
+    pub fn try_report(&self, index: usize) -> Result<SlotReport, CoreError> {
+        self.check_index(index)?;
+        Ok(self.report(index))
+    }
+
+    /// Snapshots of every slot.
+    pub fn reports(&self) -> Vec<SlotReport> {
+        (0..self.max_vcpus()).map(|i| self.report(i)).collect()
+    }
+
+    /// Slots whose vCPU is present and running or parked (Starting or Active).
+    pub fn active_count(&self) -> usize {
+        self.inner.shared.slots.iter().filter(|s| matches!(s.life(), Life::Starting | Life::Active)).count()
+    }
+
+    /// Counters since creation.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.shared.counters;
+        Stats {
+            pauses: c.pauses.load(Ordering::Relaxed),
+            pauses_overlapping_mmio: c.pauses_overlapping_mmio.load(Ordering::Relaxed),
+            rekicks: c.rekicks.load(Ordering::Relaxed),
+            ejects: c.ejects.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+}

@@ -1,0 +1,1 @@
+//! KVM backend for `vcpu_sync`.

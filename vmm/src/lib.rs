@@ -1,0 +1,1 @@
+//! The VMM library: devices, ACPI, loader, API.
