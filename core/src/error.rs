@@ -61,7 +61,11 @@ pub struct PauseTimeout {
 
 impl fmt::Display for PauseTimeout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pause timed out; {} vCPU(s) did not acknowledge:", self.missing.len())?;
+        write!(
+            f,
+            "pause timed out; {} vCPU(s) did not acknowledge:",
+            self.missing.len()
+        )?;
         for r in &self.missing {
             write!(f, " [{r}]")?;
         }

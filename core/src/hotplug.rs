@@ -12,7 +12,9 @@
 //! the target, the VMM thread reaps it), so a guest cannot make it block.
 
 use crate::backend::Backend;
-use crate::slot::{Life, FLAG_REMOVE_REQUESTED, STATUS_EJECT, STATUS_ENABLED, STATUS_INSERTING, STATUS_REMOVING};
+use crate::slot::{
+    Life, FLAG_REMOVE_REQUESTED, STATUS_EJECT, STATUS_ENABLED, STATUS_INSERTING, STATUS_REMOVING,
+};
 use crate::sync::Ordering;
 use crate::vcpus::Vcpus;
 
@@ -50,7 +52,10 @@ impl<B: Backend> Vcpus<B> {
             (REG_STATUS, 1) => {
                 data[0] = self.selected_status();
             }
-            _ => log::debug!("hotplug: ignored read at offset {offset} size {}", data.len()),
+            _ => log::debug!(
+                "hotplug: ignored read at offset {offset} size {}",
+                data.len()
+            ),
         }
     }
 
@@ -60,7 +65,9 @@ impl<B: Backend> Vcpus<B> {
     }
 
     fn selected_status(&self) -> u8 {
-        let Some(i) = self.selected_slot() else { return 0 };
+        let Some(i) = self.selected_slot() else {
+            return 0;
+        };
         let slot = &self.shared().slots[i];
         let mut status = slot.flags.load(Ordering::SeqCst) & (STATUS_INSERTING | STATUS_REMOVING);
         if slot.life() == Life::Active {
@@ -79,7 +86,9 @@ impl<B: Backend> Vcpus<B> {
                 WriteEffect::Selected(v)
             }
             (REG_STATUS, &[v]) => {
-                let Some(i) = self.selected_slot() else { return WriteEffect::None };
+                let Some(i) = self.selected_slot() else {
+                    return WriteEffect::None;
+                };
                 let slot = &shared.slots[i];
                 let clear = v & (STATUS_INSERTING | STATUS_REMOVING);
                 if clear != 0 {
@@ -87,7 +96,9 @@ impl<B: Backend> Vcpus<B> {
                 }
                 if v & STATUS_EJECT != 0 {
                     if slot.flags.load(Ordering::SeqCst) & FLAG_REMOVE_REQUESTED == 0 {
-                        log::warn!("hotplug: guest ejected CPU {i} without a removal request; ignored");
+                        log::warn!(
+                            "hotplug: guest ejected CPU {i} without a removal request; ignored"
+                        );
                         return WriteEffect::EjectRefused(i);
                     }
                     // stop() cannot fail for an in-range index.
@@ -105,7 +116,10 @@ impl<B: Backend> Vcpus<B> {
                 }
             }
             _ => {
-                log::debug!("hotplug: ignored write at offset {offset} size {}", data.len());
+                log::debug!(
+                    "hotplug: ignored write at offset {offset} size {}",
+                    data.len()
+                );
                 WriteEffect::None
             }
         }

@@ -16,6 +16,7 @@ mod error;
 mod hotplug;
 mod link;
 mod shared;
+pub mod sim;
 mod slot;
 pub mod sync;
 mod vcpus;
@@ -24,5 +25,7 @@ pub use backend::Backend;
 pub use error::{CoreError, PauseError, PauseTimeout};
 pub use hotplug::{WriteEffect, HOTPLUG_REGION_SIZE, REG_SELECT, REG_STATUS};
 pub use link::{Next, VcpuLink};
-pub use slot::{Life, Location, SlotReport, STATUS_EJECT, STATUS_ENABLED, STATUS_INSERTING, STATUS_REMOVING};
+pub use slot::{
+    Life, Location, SlotReport, STATUS_EJECT, STATUS_ENABLED, STATUS_INSERTING, STATUS_REMOVING,
+};
 pub use vcpus::{Rekick, Stats, Vcpus, REKICK_INTERVAL};

@@ -130,7 +130,9 @@ impl Slot {
     }
 
     pub(crate) fn cas_life(&self, from: Life, to: Life) -> bool {
-        self.life.compare_exchange(from as u8, to as u8, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        self.life
+            .compare_exchange(from as u8, to as u8, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
     }
 }
 

@@ -78,7 +78,9 @@ impl Deadline {
         }
         #[cfg(not(loom))]
         {
-            Deadline { at: std::time::Instant::now().checked_add(timeout) }
+            Deadline {
+                at: std::time::Instant::now().checked_add(timeout),
+            }
         }
     }
 

@@ -14,7 +14,9 @@ use crate::backend::Backend;
 use crate::error::{CoreError, PauseError, PauseTimeout};
 use crate::link::VcpuLink;
 use crate::shared::Shared;
-use crate::slot::{Life, Location, SlotReport, FLAG_REMOVE_REQUESTED, STATUS_INSERTING, STATUS_REMOVING};
+use crate::slot::{
+    Life, Location, SlotReport, FLAG_REMOVE_REQUESTED, STATUS_INSERTING, STATUS_REMOVING,
+};
 use crate::sync::{lock, wait_slice, Arc, Deadline, Mutex, Ordering};
 use std::time::Duration;
 
@@ -59,13 +61,17 @@ pub struct Vcpus<B: Backend> {
 
 impl<B: Backend> Clone for Vcpus<B> {
     fn clone(&self) -> Self {
-        Vcpus { inner: self.inner.clone() }
+        Vcpus {
+            inner: self.inner.clone(),
+        }
     }
 }
 
 impl<B: Backend> std::fmt::Debug for Vcpus<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vcpus").field("max_vcpus", &self.max_vcpus()).finish()
+        f.debug_struct("Vcpus")
+            .field("max_vcpus", &self.max_vcpus())
+            .finish()
     }
 }
 
@@ -76,7 +82,13 @@ impl<B: Backend> Vcpus<B> {
             return Err(CoreError::NoSlots);
         }
         let threads = (0..max_vcpus).map(|_| Mutex::new(None)).collect();
-        Ok(Vcpus { inner: Arc::new(Inner { shared: Arc::new(Shared::new(max_vcpus)), backend, threads }) })
+        Ok(Vcpus {
+            inner: Arc::new(Inner {
+                shared: Arc::new(Shared::new(max_vcpus)),
+                backend,
+                threads,
+            }),
+        })
     }
 
     /// The number of slots, fixed at creation.
@@ -113,7 +125,11 @@ impl<B: Backend> Vcpus<B> {
         let inner = &*self.inner;
         let slot = &inner.shared.slots[index];
         if !slot.cas_life(Life::Absent, Life::Starting) {
-            return Err(CoreError::WrongState { index, life: slot.life(), op: "add" });
+            return Err(CoreError::WrongState {
+                index,
+                life: slot.life(),
+                op: "add",
+            });
         }
         slot.flags.store(0, Ordering::SeqCst);
         slot.set_location(Location::NotStarted);
@@ -132,7 +148,10 @@ impl<B: Backend> Vcpus<B> {
             Err(e) => {
                 // The backend dropped the link, which marked the slot Exited; nothing to join.
                 slot.life.store(Life::Absent as u8, Ordering::SeqCst);
-                Err(CoreError::Spawn { index, source: Box::new(e) })
+                Err(CoreError::Spawn {
+                    index,
+                    source: Box::new(e),
+                })
             }
         }
     }
@@ -145,10 +164,15 @@ impl<B: Backend> Vcpus<B> {
         match slot.life() {
             Life::Active | Life::Starting => {
                 slot.flags.fetch_and(!STATUS_INSERTING, Ordering::SeqCst);
-                slot.flags.fetch_or(STATUS_REMOVING | FLAG_REMOVE_REQUESTED, Ordering::SeqCst);
+                slot.flags
+                    .fetch_or(STATUS_REMOVING | FLAG_REMOVE_REQUESTED, Ordering::SeqCst);
                 Ok(())
             }
-            life => Err(CoreError::WrongState { index, life, op: "request removal" }),
+            life => Err(CoreError::WrongState {
+                index,
+                life,
+                op: "request removal",
+            }),
         }
     }
 
@@ -157,7 +181,9 @@ impl<B: Backend> Vcpus<B> {
     pub fn cancel_removal(&self, index: usize) -> Result<bool, CoreError> {
         self.check_index(index)?;
         let slot = &self.inner.shared.slots[index];
-        let old = slot.flags.fetch_and(!(STATUS_REMOVING | FLAG_REMOVE_REQUESTED), Ordering::SeqCst);
+        let old = slot
+            .flags
+            .fetch_and(!(STATUS_REMOVING | FLAG_REMOVE_REQUESTED), Ordering::SeqCst);
         Ok(old & FLAG_REMOVE_REQUESTED != 0)
     }
 
@@ -192,7 +218,11 @@ impl<B: Backend> Vcpus<B> {
                 }
                 Life::Absent => return Ok(()),
                 Life::Starting | Life::Active => {
-                    return Err(CoreError::WrongState { index, life: slot.life(), op: "hot-remove" })
+                    return Err(CoreError::WrongState {
+                        index,
+                        life: slot.life(),
+                        op: "hot-remove",
+                    })
                 }
                 Life::Stopping => {}
             }
@@ -200,7 +230,9 @@ impl<B: Backend> Vcpus<B> {
                 return Err(CoreError::StopTimeout(self.report(index)));
             }
             self.kick(index);
-            wait_slice(&shared.ack_lock, &shared.ack_cv, REKICK_INTERVAL, || slot.life() != Life::Stopping);
+            wait_slice(&shared.ack_lock, &shared.ack_cv, REKICK_INTERVAL, || {
+                slot.life() != Life::Stopping
+            });
         }
     }
 
@@ -208,7 +240,9 @@ impl<B: Backend> Vcpus<B> {
     /// indices reaped. Called by the VMM thread (never from a vCPU thread's MMIO handling,
     /// which only stops a vCPU: two vCPUs ejecting each other must not wait on each other).
     pub fn reap(&self) -> Vec<usize> {
-        (0..self.max_vcpus()).filter(|&i| self.reap_one(i)).collect()
+        (0..self.max_vcpus())
+            .filter(|&i| self.reap_one(i))
+            .collect()
     }
 
     fn reap_one(&self, index: usize) -> bool {
@@ -249,12 +283,16 @@ impl<B: Backend> Vcpus<B> {
                 return Err(CoreError::StopTimeout(self.report(i)));
             }
             self.kick(i);
-            wait_slice(&shared.ack_lock, &shared.ack_cv, REKICK_INTERVAL, || shared.slots[i].life() == Life::Exited);
+            wait_slice(&shared.ack_lock, &shared.ack_cv, REKICK_INTERVAL, || {
+                shared.slots[i].life() == Life::Exited
+            });
         }
     }
 
     fn kick(&self, index: usize) {
-        self.inner.shared.slots[index].kicks.fetch_add(1, Ordering::Relaxed);
+        self.inner.shared.slots[index]
+            .kicks
+            .fetch_add(1, Ordering::Relaxed);
         self.inner.backend.kick(index);
     }
 
@@ -289,7 +327,10 @@ impl<B: Backend> Vcpus<B> {
             }
         }
         if overlapped {
-            shared.counters.pauses_overlapping_mmio.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .pauses_overlapping_mmio
+                .fetch_add(1, Ordering::Relaxed);
         }
 
         // Phase 2: wait all.
@@ -315,7 +356,8 @@ impl<B: Backend> Vcpus<B> {
                 }
             }
             wait_slice(&shared.ack_lock, &shared.ack_cv, REKICK_INTERVAL, || {
-                shared.epoch.load(Ordering::SeqCst) != epoch || pending.iter().all(|&i| !self.owes_ack(i, epoch))
+                shared.epoch.load(Ordering::SeqCst) != epoch
+                    || pending.iter().all(|&i| !self.owes_ack(i, epoch))
             });
         }
     }
@@ -345,7 +387,10 @@ impl<B: Backend> Vcpus<B> {
             if cur & 1 == 0 {
                 break false;
             }
-            match shared.epoch.compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst) {
+            match shared
+                .epoch
+                .compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
                 Ok(_) => break true,
                 Err(actual) => cur = actual,
             }
@@ -399,7 +444,12 @@ impl<B: Backend> Vcpus<B> {
 
     /// Slots whose vCPU is present and running or parked (Starting or Active).
     pub fn active_count(&self) -> usize {
-        self.inner.shared.slots.iter().filter(|s| matches!(s.life(), Life::Starting | Life::Active)).count()
+        self.inner
+            .shared
+            .slots
+            .iter()
+            .filter(|s| matches!(s.life(), Life::Starting | Life::Active))
+            .count()
     }
 
     /// Counters since creation.
