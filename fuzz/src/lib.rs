@@ -1,1 +1,7 @@
-//! Fuzz targets; see fuzz/README.md.
+//! Fuzz targets for input a guest or a client controls. Each target is a plain function so
+//! that the libFuzzer binaries (fuzz_targets/, feature `libfuzzer`) and the corpus replay
+//! tests (tests/corpus.rs, plain `cargo test`) run the same code.
+
+mod hotplug;
+
+pub use hotplug::hotplug_mmio;
