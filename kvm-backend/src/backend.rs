@@ -1,0 +1,419 @@
+//! [`KvmBackend`]: vCPU creation, the vCPU threads' run loop, and kicks.
+//!
+//! A kick must never be lost, whatever the target thread is doing:
+//! * in KVM_RUN: `SIGRTMIN` (handler installed without `SA_RESTART`) makes KVM_RUN return
+//!   `EINTR`;
+//! * anywhere else: `kvm_run.immediate_exit = 1` makes the next KVM_RUN return `EINTR`
+//!   at once. The run loop clears it *before* `checkpoint()`, so a kick that lands between
+//!   the checkpoint and KVM_RUN still takes effect, and the next checkpoint sees the pause.
+//!
+//! The kicker reaches `kvm_run` and the thread id through a per-slot lock that the vCPU
+//! thread also takes to retract them before it gives up its `VcpuFd` (which unmaps
+//! `kvm_run`) and exits; the lock is held only for a store and a `pthread_kill`.
+
+use crate::cpuid::{self, Topology};
+use crate::error::Error;
+use crate::setup;
+use crate::{BackendConfig, BootEntry, ExitHandler, GuestStop};
+use kvm_bindings::{kvm_mp_state, CpuId, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread::{self, JoinHandle};
+use vcpu_sync::{Backend, Location, Next, VcpuLink};
+use vm_memory::GuestMemoryMmap;
+
+/// Locks ignoring poison: every guarded value here stays consistent across a panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The kick signal. Read at run time because glibc reserves the first few real-time signals.
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: delivery alone makes KVM_RUN return EINTR.
+}
+
+/// Installs the no-op kick handler once per process (`sigaction` without `SA_RESTART`, so
+/// KVM_RUN is interrupted rather than restarted).
+fn install_kick_handler() -> Result<(), Error> {
+    static INSTALLED: OnceLock<Result<(), vmm_sys_util::errno::Error>> = OnceLock::new();
+    (*INSTALLED
+        .get_or_init(|| vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)))
+    .map_err(Error::SignalHandler)
+}
+
+/// A vCPU thread may inherit a mask that blocks the kick signal; a blocked kick would only
+/// be caught by `immediate_exit`, never interrupting a running guest.
+fn unblock_kick_signal(index: usize) {
+    // SAFETY: plain libc calls on a local, fully initialised signal set.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, kick_signal());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        log::error!(
+            "vCPU {index}: cannot unblock the kick signal (error {rc}); kicks will be slow"
+        );
+    }
+}
+
+/// `kvm_run.immediate_exit` of a live vCPU, accessed atomically because the kicker writes
+/// it from another thread (the kernel only reads it at KVM_RUN entry).
+///
+/// # Safety
+/// `ptr` must point into the `kvm_run` mapping of a `VcpuFd` that outlives the returned
+/// reference's use.
+unsafe fn immediate_exit<'a>(ptr: *mut u8) -> &'a AtomicU8 {
+    // SAFETY: guaranteed by the caller; a u8 is always suitably aligned for AtomicU8.
+    unsafe { AtomicU8::from_ptr(ptr) }
+}
+
+/// What a kicker needs to reach a running vCPU.
+struct KickTarget {
+    /// `&kvm_run.immediate_exit` of the vCPU.
+    immediate_exit: *mut u8,
+    /// The vCPU thread.
+    thread: libc::pthread_t,
+}
+
+// SAFETY: the pointer is only dereferenced under the slot's lock, and the vCPU thread
+// removes the target under that lock before the mapping goes away.
+unsafe impl Send for KickTarget {}
+
+/// Per-vCPU state of the backend.
+#[derive(Default)]
+struct VcpuSlot {
+    /// Set while a thread runs this vCPU. Held only to kick or to set/clear the target.
+    kick: Mutex<Option<KickTarget>>,
+    /// The fd of a vCPU whose thread has exited. KVM cannot destroy a vCPU (its id stays
+    /// taken until the VM is destroyed), so a hot-add of the same index after a
+    /// hot-remove reuses it instead of failing KVM_CREATE_VCPU with EEXIST.
+    idle_fd: Mutex<Option<VcpuFd>>,
+}
+
+struct Inner {
+    vm: Arc<VmFd>,
+    supported_cpuid: CpuId,
+    tsc_deadline: bool,
+    max_vcpus: usize,
+    memory: GuestMemoryMmap,
+    boot: BootEntry,
+    handler: Arc<dyn ExitHandler>,
+    slots: Box<[VcpuSlot]>,
+}
+
+/// The KVM implementation of [`vcpu_sync::Backend`]. Create it with
+/// [`crate::KvmVm::create_backend`] and hand it to `vcpu_sync::Vcpus::new`.
+pub struct KvmBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for KvmBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmBackend")
+            .field("max_vcpus", &self.inner.max_vcpus)
+            .field("boot", &self.inner.boot)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KvmBackend {
+    pub(crate) fn new(
+        vm: Arc<VmFd>,
+        supported_cpuid: CpuId,
+        tsc_deadline: bool,
+        cfg: BackendConfig,
+    ) -> Result<KvmBackend, Error> {
+        install_kick_handler()?;
+        let slots = (0..cfg.max_vcpus).map(|_| VcpuSlot::default()).collect();
+        Ok(KvmBackend {
+            inner: Arc::new(Inner {
+                vm,
+                supported_cpuid,
+                tsc_deadline,
+                max_vcpus: cfg.max_vcpus,
+                memory: cfg.memory,
+                boot: cfg.boot,
+                handler: cfg.handler,
+                slots,
+            }),
+        })
+    }
+
+    /// The `max_vcpus` this backend was configured with.
+    pub fn max_vcpus(&self) -> usize {
+        self.inner.max_vcpus
+    }
+
+    fn slot(&self, index: usize) -> Result<&VcpuSlot, Error> {
+        self.inner.slots.get(index).ok_or(Error::IndexOutOfRange {
+            index,
+            max: self.inner.max_vcpus,
+        })
+    }
+
+    /// Creates and configures vCPU `index` without starting a thread ([`Backend::spawn`]
+    /// does this first). A vCPU whose thread has exited is reused: KVM cannot create the
+    /// same id twice. Public for tests and diagnostics; note that KVM keeps the id taken
+    /// even if the returned fd is dropped.
+    pub fn prepare_vcpu(&self, index: usize) -> Result<VcpuFd, Error> {
+        let slot = self.slot(index)?;
+        let idle = lock(&slot.idle_fd).take();
+        match idle {
+            Some(vcpu) => match self.reset_vcpu(&vcpu, index) {
+                Ok(()) => {
+                    log::debug!("vCPU {index}: reusing its KVM vCPU");
+                    Ok(vcpu)
+                }
+                Err(e) => {
+                    // Keep it: it is the only fd this id will ever have.
+                    *lock(&slot.idle_fd) = Some(vcpu);
+                    Err(e)
+                }
+            },
+            None => {
+                let vcpu = self
+                    .inner
+                    .vm
+                    .create_vcpu(index as u64)
+                    .map_err(Error::vcpu(index, "KVM_CREATE_VCPU"))?;
+                match self.configure_new(&vcpu, index) {
+                    Ok(()) => Ok(vcpu),
+                    Err(e) => {
+                        *lock(&slot.idle_fd) = Some(vcpu);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    fn configure_new(&self, vcpu: &VcpuFd, index: usize) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let topo = Topology {
+            apic_id: index as u32,
+            max_vcpus: inner.max_vcpus as u32,
+        };
+        let cpuid = cpuid::for_vcpu(&inner.supported_cpuid, topo, inner.tsc_deadline).map_err(
+            |source| Error::FamList {
+                index,
+                what: "CPUID",
+                source,
+            },
+        )?;
+        vcpu.set_cpuid2(&cpuid)
+            .map_err(Error::vcpu(index, "KVM_SET_CPUID2"))?;
+        self.configure_common(vcpu, index)
+    }
+
+    /// Re-arms a vCPU that ran before (its CPUID is already set and KVM refuses changes).
+    fn reset_vcpu(&self, vcpu: &VcpuFd, index: usize) -> Result<(), Error> {
+        self.configure_common(vcpu, index)?;
+        // An AP goes back to waiting for INIT/SIPI, as a fresh one would; the guest's INIT
+        // resets the rest of its state.
+        let mp_state = if index == 0 {
+            KVM_MP_STATE_RUNNABLE
+        } else {
+            KVM_MP_STATE_UNINITIALIZED
+        };
+        vcpu.set_mp_state(kvm_mp_state { mp_state })
+            .map_err(Error::vcpu(index, "KVM_SET_MP_STATE"))
+    }
+
+    fn configure_common(&self, vcpu: &VcpuFd, index: usize) -> Result<(), Error> {
+        setup::set_msrs(vcpu, index)?;
+        setup::set_fpu(vcpu, index)?;
+        setup::set_lint(vcpu, index)?;
+        if index == 0 {
+            setup::setup_bsp(vcpu, index, &self.inner.memory, &self.inner.boot)?;
+        }
+        Ok(())
+    }
+}
+
+impl Backend for KvmBackend {
+    type Thread = JoinHandle<()>;
+    type Error = Error;
+
+    fn spawn(&self, link: VcpuLink) -> Result<JoinHandle<()>, Error> {
+        let index = link.index();
+        let vcpu = self.prepare_vcpu(index)?;
+        let inner = self.inner.clone();
+        // On failure the closure, with the link, is dropped, which is what the core expects.
+        // The VcpuFd goes with it, so this index cannot be re-added (rare: out of threads).
+        thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || vcpu_thread(inner, vcpu, link))
+            .map_err(|source| Error::SpawnThread { index, source })
+    }
+
+    fn kick(&self, index: usize) {
+        let Some(slot) = self.inner.slots.get(index) else {
+            return;
+        };
+        let target = lock(&slot.kick);
+        let Some(t) = target.as_ref() else {
+            return; // no thread (not started, or already leaving): nothing to interrupt
+        };
+        // SAFETY: the target is present, so the vCPU thread still owns its VcpuFd and
+        // cannot remove the target (or unmap kvm_run) while we hold the lock.
+        unsafe { immediate_exit(t.immediate_exit) }.store(1, Ordering::SeqCst);
+        // SAFETY: the thread is alive: it clears the target under this lock before exiting.
+        let rc = unsafe { libc::pthread_kill(t.thread, kick_signal()) };
+        drop(target);
+        if rc != 0 {
+            log::warn!("vCPU {index}: pthread_kill failed with error {rc}");
+        }
+    }
+
+    fn join(&self, index: usize, thread: JoinHandle<()>) {
+        if let Err(payload) = thread.join() {
+            log::error!(
+                "vCPU {index} thread panicked: {}",
+                panic_message(payload.as_ref())
+            );
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "(non-string panic payload)"
+    }
+}
+
+/// Body of the `vcpu<N>` thread.
+fn vcpu_thread(inner: Arc<Inner>, mut vcpu: VcpuFd, link: VcpuLink) {
+    let index = link.index();
+    let Some(slot) = inner.slots.get(index) else {
+        // spawn() already checked the index through prepare_vcpu().
+        log::error!("vCPU {index}: no backend slot");
+        drop(link);
+        inner.handler.vcpu_exited(index);
+        return;
+    };
+    unblock_kick_signal(index);
+    let ie_ptr: *mut u8 = std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit);
+    *lock(&slot.kick) = Some(KickTarget {
+        immediate_exit: ie_ptr,
+        // SAFETY: always safe to call.
+        thread: unsafe { libc::pthread_self() },
+    });
+    log::debug!("vCPU {index}: thread started");
+
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        run_loop(&mut vcpu, &link, inner.handler.as_ref(), ie_ptr)
+    }));
+
+    // Retract the kick target before the fd can be dropped (munmap of kvm_run) and before
+    // this thread ends, so no kicker touches freed memory or signals a dead thread.
+    *lock(&slot.kick) = None;
+    *lock(&slot.idle_fd) = Some(vcpu);
+    if let Err(payload) = &outcome {
+        // The VM lost a vCPU: tell the VMM as it would hear of a fatal KVM error. The
+        // handler may be what panicked, so a second panic must not skip the cleanup below.
+        let reason = GuestStop::Fatal(format!(
+            "vCPU {index}: thread panicked: {}",
+            panic_message(payload.as_ref())
+        ));
+        log::error!("{reason:?}");
+        let handler = inner.handler.as_ref();
+        if panic::catch_unwind(AssertUnwindSafe(|| handler.guest_stopped(index, reason))).is_err() {
+            log::error!("vCPU {index}: guest_stopped panicked too");
+        }
+    }
+    drop(link);
+    inner.handler.vcpu_exited(index);
+    match outcome {
+        Ok(()) => log::debug!("vCPU {index}: thread exiting"),
+        // Re-raise so `join` reports it.
+        Err(payload) => panic::resume_unwind(payload),
+    }
+}
+
+fn run_loop(vcpu: &mut VcpuFd, link: &VcpuLink, handler: &dyn ExitHandler, ie_ptr: *mut u8) {
+    let index = link.index();
+    // SAFETY: `vcpu` (which owns the kvm_run mapping) outlives this function.
+    let immediate_exit = unsafe { immediate_exit(ie_ptr) };
+    let stop = loop {
+        // Clear before the checkpoint: a kick from here on either is seen by the checkpoint
+        // (the pause/stop was published before the kick) or makes KVM_RUN return at once.
+        immediate_exit.store(0, Ordering::SeqCst);
+        if link.checkpoint() == Next::Exit {
+            break None;
+        }
+        link.set_location(Location::InGuest);
+        let exit = vcpu.run();
+        link.set_location(Location::Userspace);
+        match exit {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                link.in_mmio(|| handler.pio_read(index, port, data));
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                link.in_mmio(|| handler.pio_write(index, port, data));
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                link.in_mmio(|| handler.mmio_read(index, addr, data));
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                link.in_mmio(|| handler.mmio_write(index, addr, data));
+            }
+            Ok(VcpuExit::Shutdown) => {
+                log::info!("vCPU {index}: KVM_EXIT_SHUTDOWN (triple fault or reset)");
+                break Some(GuestStop::Reset);
+            }
+            Ok(VcpuExit::SystemEvent(kind, data)) => {
+                log::info!("vCPU {index}: KVM_EXIT_SYSTEM_EVENT type {kind} data {data:x?}");
+                break Some(GuestStop::SystemEvent(kind));
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                break Some(GuestStop::Fatal(format!(
+                    "vCPU {index}: KVM_EXIT_FAIL_ENTRY, hardware entry failure reason \
+                     {reason:#x} on host CPU {cpu}"
+                )));
+            }
+            Ok(VcpuExit::InternalError) => {
+                // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+                // active member of the union.
+                let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                break Some(GuestStop::Fatal(format!(
+                    "vCPU {index}: KVM_EXIT_INTERNAL_ERROR, suberror {suberror}"
+                )));
+            }
+            // With the in-kernel irqchip KVM handles HLT itself; these are benign.
+            Ok(VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen) => {}
+            Ok(VcpuExit::IoapicEoi(_)) => {}
+            Ok(other) => {
+                break Some(GuestStop::Fatal(format!(
+                    "vCPU {index}: unexpected KVM exit {other:?}"
+                )));
+            }
+            // Kicked: the signal or immediate_exit interrupted KVM_RUN.
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => {
+                break Some(GuestStop::Fatal(format!(
+                    "vCPU {index}: KVM_RUN failed: {e}"
+                )));
+            }
+        }
+    };
+    if let Some(reason) = stop {
+        match &reason {
+            GuestStop::Fatal(msg) => log::error!("{msg}"),
+            other => log::info!("vCPU {index}: guest stopped: {other:?}"),
+        }
+        handler.guest_stopped(index, reason);
+    }
+}
