@@ -132,6 +132,11 @@ impl<B: Backend> Vcpus<B> {
             });
         }
         slot.flags.store(0, Ordering::SeqCst);
+        // A new vCPU has acknowledged nothing. Without this, a slot emptied and refilled
+        // within one pause inherits its previous occupant's ack of that epoch, and `pause()`
+        // returns before the new thread has parked. Epochs of pauses are odd, so 0 never
+        // matches one.
+        slot.ack.store(0, Ordering::SeqCst);
         slot.set_location(Location::NotStarted);
         let link = VcpuLink::new(inner.shared.clone(), index);
         match inner.backend.spawn(link) {
