@@ -1,1 +1,18 @@
-//! The VMM library: devices, ACPI, loader, API.
+//! The VMM library: guest memory, kernel loading, ACPI tables, legacy devices and the VM
+//! object that ties them to `kvm-backend` and the `vcpu_sync` core.
+//!
+//! Everything a guest or a command line can reach returns a typed error instead of
+//! panicking; the binary (`src/main.rs`) only parses arguments and reports outcomes.
+
+pub mod acpi;
+pub mod aml;
+pub mod bus;
+pub mod cli;
+pub mod devices;
+pub mod error;
+pub mod layout;
+pub mod loader;
+pub mod memory;
+pub mod vm;
+
+pub use error::Error;

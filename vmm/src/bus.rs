@@ -1,0 +1,246 @@
+//! Exit dispatch: the [`ExitHandler`] the KVM backend calls on vCPU threads. It routes
+//! port and MMIO accesses to the devices, turns guest power requests and vCPU exits into
+//! [`VmEvent`]s for the VMM's main thread, and never blocks beyond a short device lock.
+
+use crate::devices::acpi_pm::{self, PmAction};
+use crate::devices::cmos::Cmos;
+use crate::devices::hotplug::HotplugController;
+use crate::devices::i8042::{I8042Action, I8042};
+use crate::devices::serial::Serial;
+use crate::devices::Interrupt;
+use crate::layout::{
+    ACPI_PM_PORT, CMOS_DATA_PORT, CMOS_INDEX_PORT, COM1_PORT, I8042_CMD_PORT, I8042_DATA_PORT,
+    PCI_CONFIG_END, PCI_CONFIG_START, POST_PORT,
+};
+use kvm_backend::{ExitHandler, GuestStop};
+use std::io::Write;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard};
+use vcpu_sync::{Backend, WriteEffect};
+
+/// KVM system event types (`KVM_SYSTEM_EVENT_*`).
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+
+/// Something the VMM's main thread must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmEvent {
+    /// The guest powered off (ACPI S5 or a KVM shutdown event).
+    PowerOff,
+    /// The guest rebooted (i8042 reset, ACPI reset register, triple fault).
+    Reboot,
+    /// Something went wrong that ends the VM.
+    Fatal(String),
+    /// A vCPU thread left its run loop: reap it.
+    VcpuExited(usize),
+    /// The guest ejected a vCPU: reap it once its thread is out.
+    Ejected(usize),
+    /// The VMM itself (e.g. a control API) asks the main loop to stop the VM.
+    Shutdown,
+}
+
+/// Locks a device, recovering from a poisoned lock (a device panic must not cascade).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The output sink of the serial port.
+pub type SerialOut = Box<dyn Write + Send>;
+
+/// All devices of the VM and the channel to the main thread.
+pub struct DeviceBus<B: Backend> {
+    serial: Mutex<Serial<SerialOut>>,
+    serial_irq: Arc<dyn Interrupt>,
+    i8042: Mutex<I8042>,
+    cmos: Mutex<Cmos>,
+    hotplug: HotplugController<B>,
+    events: Sender<VmEvent>,
+}
+
+impl<B: Backend> std::fmt::Debug for DeviceBus<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceBus").finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> DeviceBus<B> {
+    /// Devices writing serial output to `serial_out` and raising COM1 through `serial_irq`.
+    pub fn new(
+        serial_out: SerialOut,
+        serial_irq: Arc<dyn Interrupt>,
+        hotplug_base: u64,
+        events: Sender<VmEvent>,
+    ) -> Self {
+        DeviceBus {
+            serial: Mutex::new(Serial::new(serial_out)),
+            serial_irq,
+            i8042: Mutex::new(I8042::default()),
+            cmos: Mutex::new(Cmos::default()),
+            hotplug: HotplugController::new(hotplug_base),
+            events,
+        }
+    }
+
+    /// The hotplug controller (to attach the vCPUs once they exist).
+    pub fn hotplug(&self) -> &HotplugController<B> {
+        &self.hotplug
+    }
+
+    fn send(&self, ev: VmEvent) {
+        // The receiver is gone only while the VMM is exiting; nothing left to tell.
+        let _ = self.events.send(ev);
+    }
+
+    /// Flushes buffered serial output (before the process exits).
+    pub fn flush_serial(&self) {
+        let _ = lock(&self.serial).output().flush();
+    }
+
+    /// Services a port read (`data.len()` bytes).
+    pub fn port_read(&self, port: u16, data: &mut [u8]) {
+        match port {
+            p if (COM1_PORT..COM1_PORT + 8).contains(&p) => {
+                let mut s = lock(&self.serial);
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = s.read((p - COM1_PORT) as u8 + i as u8);
+                }
+            }
+            I8042_DATA_PORT | I8042_CMD_PORT => {
+                let v = lock(&self.i8042).read(port == I8042_CMD_PORT);
+                fill(data, v);
+            }
+            CMOS_INDEX_PORT | CMOS_DATA_PORT => {
+                let v = lock(&self.cmos).read(port == CMOS_DATA_PORT);
+                fill(data, v);
+            }
+            ACPI_PM_PORT => data.fill(0),
+            POST_PORT => data.fill(0),
+            PCI_CONFIG_START..=PCI_CONFIG_END => data.fill(0xff),
+            _ => {
+                log::debug!(
+                    "pio: unhandled read of {} byte(s) at port {port:#x}",
+                    data.len()
+                );
+                data.fill(0xff);
+            }
+        }
+    }
+
+    /// Services a port write.
+    pub fn port_write(&self, port: u16, data: &[u8]) {
+        let Some(&first) = data.first() else { return };
+        match port {
+            p if (COM1_PORT..COM1_PORT + 8).contains(&p) => {
+                let mut raise = false;
+                {
+                    let mut s = lock(&self.serial);
+                    for (i, &b) in data.iter().enumerate() {
+                        raise |= s.write((p - COM1_PORT) as u8 + i as u8, b);
+                    }
+                }
+                if raise {
+                    self.serial_irq.trigger();
+                }
+            }
+            I8042_DATA_PORT | I8042_CMD_PORT => {
+                let action = lock(&self.i8042).write(port == I8042_CMD_PORT, first);
+                if action == I8042Action::Reset {
+                    log::info!("guest requested a reset through the i8042");
+                    self.send(VmEvent::Reboot);
+                }
+            }
+            CMOS_INDEX_PORT | CMOS_DATA_PORT => {
+                lock(&self.cmos).write(port == CMOS_DATA_PORT, first);
+            }
+            ACPI_PM_PORT => match acpi_pm::decode_write(first) {
+                PmAction::PowerOff => {
+                    log::info!("guest requested ACPI S5 (power off)");
+                    self.send(VmEvent::PowerOff);
+                }
+                PmAction::Reset => {
+                    log::info!("guest requested a reset through the ACPI reset register");
+                    self.send(VmEvent::Reboot);
+                }
+                PmAction::None => {}
+            },
+            POST_PORT | PCI_CONFIG_START..=PCI_CONFIG_END => {}
+            _ => log::debug!(
+                "pio: unhandled write of {} byte(s) at port {port:#x}: {data:02x?}",
+                data.len()
+            ),
+        }
+    }
+
+    /// Services an MMIO read.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        match self.hotplug.offset(addr) {
+            Some(off) => self.hotplug.read(off, data),
+            None => {
+                log::debug!(
+                    "mmio: unhandled read of {} byte(s) at {addr:#x}",
+                    data.len()
+                );
+                data.fill(0xff);
+            }
+        }
+    }
+
+    /// Services an MMIO write.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+        match self.hotplug.offset(addr) {
+            Some(off) => match self.hotplug.write(off, data) {
+                WriteEffect::Ejected(i) => self.send(VmEvent::Ejected(i)),
+                WriteEffect::EjectRefused(i) => {
+                    log::warn!("guest tried to eject vCPU {i}, which was not being removed")
+                }
+                _ => {}
+            },
+            None => log::debug!(
+                "mmio: unhandled write of {} byte(s) at {addr:#x}: {data:02x?}",
+                data.len()
+            ),
+        }
+    }
+}
+
+fn fill(data: &mut [u8], v: u8) {
+    if let Some((first, rest)) = data.split_first_mut() {
+        *first = v;
+        rest.fill(0);
+    }
+}
+
+impl<B: Backend> ExitHandler for DeviceBus<B> {
+    fn pio_read(&self, _vcpu: usize, port: u16, data: &mut [u8]) {
+        self.port_read(port, data);
+    }
+
+    fn pio_write(&self, _vcpu: usize, port: u16, data: &[u8]) {
+        self.port_write(port, data);
+    }
+
+    fn mmio_read(&self, _vcpu: usize, addr: u64, data: &mut [u8]) {
+        DeviceBus::mmio_read(self, addr, data);
+    }
+
+    fn mmio_write(&self, _vcpu: usize, addr: u64, data: &[u8]) {
+        DeviceBus::mmio_write(self, addr, data);
+    }
+
+    fn guest_stopped(&self, vcpu: usize, reason: GuestStop) {
+        let ev = match reason {
+            GuestStop::Reset => VmEvent::Reboot,
+            GuestStop::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN) => VmEvent::PowerOff,
+            GuestStop::SystemEvent(KVM_SYSTEM_EVENT_RESET) => VmEvent::Reboot,
+            GuestStop::SystemEvent(other) => {
+                VmEvent::Fatal(format!("vCPU {vcpu}: guest system event {other} (crash)"))
+            }
+            GuestStop::Fatal(msg) => VmEvent::Fatal(msg),
+        };
+        self.send(ev);
+    }
+
+    fn vcpu_exited(&self, vcpu: usize) {
+        self.send(VmEvent::VcpuExited(vcpu));
+    }
+}

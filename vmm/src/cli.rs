@@ -1,0 +1,385 @@
+//! Command-line parsing. Hand-rolled (the grammar is tiny) so every malformed input maps to
+//! a typed [`CliError`] instead of a panic or a process exit inside a library.
+
+use std::path::PathBuf;
+
+/// Usage text printed by `--help`.
+pub const USAGE: &str = "\
+Usage: vmm --kernel PATH [--initramfs PATH] [--cmdline STR]
+           [--cpus boot=N[,max=M]] [--memory size=SIZE] [--api-socket PATH]
+
+Boots a Linux kernel (bzImage or ELF vmlinux) on KVM.
+
+Options:
+  --kernel PATH        kernel image (bzImage or uncompressed ELF vmlinux)
+  --initramfs PATH     initramfs/initrd image loaded near the top of RAM
+  --cmdline STR        appended to the default kernel command line
+  --cpus boot=N,max=M  vCPUs started at boot and the most the guest may ever have
+                       (default boot=1; max defaults to boot)
+  --memory size=SIZE   guest RAM, with an optional K/M/G suffix (default 512M;
+                       128M..3G)
+  --api-socket PATH    path of the control socket (reserved for the control API)
+  -h, --help           print this help
+
+Environment: RUST_LOG (e.g. RUST_LOG=debug) controls logging on stderr.";
+
+/// Default guest RAM size.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+
+/// What the command line asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Print usage and exit successfully.
+    Help,
+    /// Boot a VM.
+    Run(Config),
+}
+
+/// A parsed (syntactically valid) VM configuration. Semantic limits that need the host
+/// (the KVM vCPU limit) or the files are checked when the VM is built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Kernel image path.
+    pub kernel: PathBuf,
+    /// Optional initramfs path.
+    pub initramfs: Option<PathBuf>,
+    /// Extra kernel command line, appended to the default one.
+    pub cmdline: Option<String>,
+    /// vCPUs started at boot.
+    pub boot_vcpus: usize,
+    /// Most vCPUs the guest can ever have (ACPI possible CPUs).
+    pub max_vcpus: usize,
+    /// Guest RAM in bytes.
+    pub memory_size: u64,
+    /// Control socket path (stored for the control API).
+    pub api_socket: Option<PathBuf>,
+}
+
+/// Everything that can be wrong with a command line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CliError {
+    /// An argument we do not know.
+    #[error("unknown argument '{0}' (see --help)")]
+    UnknownArgument(String),
+    /// A flag given without its value.
+    #[error("{0} needs a value (see --help)")]
+    MissingValue(&'static str),
+    /// A flag given twice.
+    #[error("{0} given more than once")]
+    Duplicate(&'static str),
+    /// `--kernel` was not given.
+    #[error("--kernel PATH is required (see --help)")]
+    MissingKernel,
+    /// A `key=value` list with an unknown key.
+    #[error("{flag}: unknown key '{key}' (expected {expected})")]
+    UnknownKey {
+        /// The flag being parsed.
+        flag: &'static str,
+        /// The offending key.
+        key: String,
+        /// The keys the flag accepts.
+        expected: &'static str,
+    },
+    /// A `key=value` item without `=`.
+    #[error("{flag}: expected key=value, got '{item}'")]
+    NotKeyValue {
+        /// The flag being parsed.
+        flag: &'static str,
+        /// The offending item.
+        item: String,
+    },
+    /// A vCPU count that is not a number.
+    #[error("--cpus: '{value}' is not a valid number for {key}")]
+    BadNumber {
+        /// `boot` or `max`.
+        key: &'static str,
+        /// The text given.
+        value: String,
+    },
+    /// `boot=0`.
+    #[error("--cpus: boot must be at least 1")]
+    ZeroBootVcpus,
+    /// `boot > max`.
+    #[error("--cpus: boot={boot} is larger than max={max}")]
+    BootAboveMax {
+        /// Boot vCPUs asked for.
+        boot: usize,
+        /// Maximum asked for.
+        max: usize,
+    },
+    /// `max` given without `boot` or similar gaps.
+    #[error("--cpus: boot=N is required")]
+    MissingBoot,
+    /// `--memory` without `size=`.
+    #[error("--memory: size=SIZE is required")]
+    MissingSize,
+    /// An unparsable size.
+    #[error("--memory: '{0}' is not a valid size (examples: 512M, 1G, 262144K, 536870912)")]
+    BadSize(String),
+}
+
+/// Parses `args` (without the program name).
+pub fn parse<I, S>(args: I) -> Result<Command, CliError>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut kernel = None;
+    let mut initramfs = None;
+    let mut cmdline = None;
+    let mut cpus: Option<(usize, usize)> = None;
+    let mut memory = None;
+    let mut api_socket = None;
+
+    let mut it = args.into_iter().map(Into::into);
+    while let Some(arg) = it.next() {
+        // Accept both "--flag value" and "--flag=value".
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let name: &'static str = match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--kernel" => "--kernel",
+            "--initramfs" => "--initramfs",
+            "--cmdline" => "--cmdline",
+            "--cpus" => "--cpus",
+            "--memory" => "--memory",
+            "--api-socket" => "--api-socket",
+            _ => return Err(CliError::UnknownArgument(arg)),
+        };
+        let value = match inline {
+            Some(v) => v,
+            None => it.next().ok_or(CliError::MissingValue(name))?,
+        };
+        match name {
+            "--kernel" => set_once(&mut kernel, PathBuf::from(value), name)?,
+            "--initramfs" => set_once(&mut initramfs, PathBuf::from(value), name)?,
+            "--cmdline" => set_once(&mut cmdline, value, name)?,
+            "--cpus" => set_once(&mut cpus, parse_cpus(&value)?, name)?,
+            "--memory" => set_once(&mut memory, parse_memory(&value)?, name)?,
+            _ => set_once(&mut api_socket, PathBuf::from(value), name)?,
+        }
+    }
+
+    let (boot_vcpus, max_vcpus) = cpus.unwrap_or((1, 1));
+    Ok(Command::Run(Config {
+        kernel: kernel.ok_or(CliError::MissingKernel)?,
+        initramfs,
+        cmdline,
+        boot_vcpus,
+        max_vcpus,
+        memory_size: memory.unwrap_or(DEFAULT_MEMORY),
+        api_socket,
+    }))
+}
+
+fn set_once<T>(slot: &mut Option<T>, value: T, flag: &'static str) -> Result<(), CliError> {
+    if slot.is_some() {
+        return Err(CliError::Duplicate(flag));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// Splits `a=1,b=2` into pairs, rejecting items without `=`.
+fn key_values<'a>(
+    flag: &'static str,
+    value: &'a str,
+) -> impl Iterator<Item = Result<(&'a str, &'a str), CliError>> {
+    value.split(',').filter(|s| !s.is_empty()).map(move |item| {
+        item.split_once('=').ok_or_else(|| CliError::NotKeyValue {
+            flag,
+            item: item.to_string(),
+        })
+    })
+}
+
+/// Parses `boot=N[,max=M]` into (boot, max); `max` defaults to `boot`.
+pub fn parse_cpus(value: &str) -> Result<(usize, usize), CliError> {
+    let mut boot = None;
+    let mut max = None;
+    for kv in key_values("--cpus", value) {
+        let (k, v) = kv?;
+        let key: &'static str = match k {
+            "boot" => "boot",
+            "max" => "max",
+            _ => {
+                return Err(CliError::UnknownKey {
+                    flag: "--cpus",
+                    key: k.to_string(),
+                    expected: "boot, max",
+                })
+            }
+        };
+        let n: usize = v.trim().parse().map_err(|_| CliError::BadNumber {
+            key,
+            value: v.to_string(),
+        })?;
+        if key == "boot" {
+            set_once(&mut boot, n, "--cpus boot")?;
+        } else {
+            set_once(&mut max, n, "--cpus max")?;
+        }
+    }
+    let boot = boot.ok_or(CliError::MissingBoot)?;
+    let max = max.unwrap_or(boot);
+    if boot == 0 {
+        return Err(CliError::ZeroBootVcpus);
+    }
+    if boot > max {
+        return Err(CliError::BootAboveMax { boot, max });
+    }
+    Ok((boot, max))
+}
+
+/// Parses `size=SIZE` into bytes.
+pub fn parse_memory(value: &str) -> Result<u64, CliError> {
+    let mut size = None;
+    for kv in key_values("--memory", value) {
+        let (k, v) = kv?;
+        if k != "size" {
+            return Err(CliError::UnknownKey {
+                flag: "--memory",
+                key: k.to_string(),
+                expected: "size",
+            });
+        }
+        set_once(&mut size, parse_size(v)?, "--memory size")?;
+    }
+    size.ok_or(CliError::MissingSize)
+}
+
+/// Parses a byte count with an optional K/M/G suffix (binary units, case-insensitive,
+/// an optional trailing `B`/`iB` is accepted: `512M`, `512MiB`, `1g`).
+pub fn parse_size(text: &str) -> Result<u64, CliError> {
+    let bad = || CliError::BadSize(text.to_string());
+    let t = text.trim();
+    let lower = t.to_ascii_lowercase();
+    let t = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'k')) => (&t[..i], 10),
+        Some((i, 'm')) => (&t[..i], 20),
+        Some((i, 'g')) => (&t[..i], 30),
+        Some(_) => (t, 0),
+        None => return Err(bad()),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, CliError> {
+        match parse(args.iter().copied())? {
+            Command::Run(c) => Ok(c),
+            Command::Help => panic!("unexpected help"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = run(&["--kernel", "k"]).unwrap();
+        assert_eq!((c.boot_vcpus, c.max_vcpus), (1, 1));
+        assert_eq!(c.memory_size, 512 << 20);
+        assert_eq!(c.initramfs, None);
+    }
+
+    #[test]
+    fn full() {
+        let c = run(&[
+            "--kernel=k",
+            "--initramfs",
+            "i",
+            "--cmdline",
+            "quiet a=b",
+            "--cpus",
+            "boot=2,max=4",
+            "--memory",
+            "size=1G",
+            "--api-socket",
+            "/tmp/s",
+        ])
+        .unwrap();
+        assert_eq!((c.boot_vcpus, c.max_vcpus), (2, 4));
+        assert_eq!(c.memory_size, 1 << 30);
+        assert_eq!(c.cmdline.as_deref(), Some("quiet a=b"));
+        assert_eq!(c.api_socket, Some(PathBuf::from("/tmp/s")));
+    }
+
+    #[test]
+    fn cpus() {
+        assert_eq!(parse_cpus("boot=3"), Ok((3, 3)));
+        assert_eq!(parse_cpus("max=4,boot=1"), Ok((1, 4)));
+        assert_eq!(parse_cpus("boot=0,max=4"), Err(CliError::ZeroBootVcpus));
+        assert!(matches!(
+            parse_cpus("boot=5,max=4"),
+            Err(CliError::BootAboveMax { .. })
+        ));
+        assert!(matches!(
+            parse_cpus("boot=x"),
+            Err(CliError::BadNumber { .. })
+        ));
+        assert!(matches!(
+            parse_cpus("boot=1,foo=2"),
+            Err(CliError::UnknownKey { .. })
+        ));
+        assert_eq!(parse_cpus("max=4"), Err(CliError::MissingBoot));
+        assert!(matches!(
+            parse_cpus("boot=99999999999999999999999"),
+            Err(CliError::BadNumber { .. })
+        ));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("512mib"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in [
+            "",
+            "M",
+            "garbage",
+            "-1M",
+            "1.5G",
+            "1T",
+            "99999999999999999999G",
+            "ö",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_memory("size=1M"), Ok(1 << 20));
+        assert_eq!(
+            parse_memory("garbage"),
+            Err(CliError::NotKeyValue {
+                flag: "--memory",
+                item: "garbage".into()
+            })
+        );
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(run(&[]), Err(CliError::MissingKernel));
+        assert_eq!(run(&["--kernel"]), Err(CliError::MissingValue("--kernel")));
+        assert!(matches!(
+            run(&["--bogus"]),
+            Err(CliError::UnknownArgument(_))
+        ));
+        assert_eq!(
+            run(&["--kernel", "a", "--kernel", "b"]),
+            Err(CliError::Duplicate("--kernel"))
+        );
+        assert_eq!(parse(["--help"]), Ok(Command::Help));
+    }
+}

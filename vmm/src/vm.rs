@@ -1,0 +1,413 @@
+//! The VM object: KVM VM, guest memory, devices and the `vcpu_sync` core, plus the main
+//! loop that turns [`VmEvent`]s into reaping and an exit outcome. Methods take `&self` so a
+//! control API thread can hold an `Arc<Vm>` and call `pause`/`resume`/`resize`/`info`
+//! while the main thread sits in [`Vm::run`].
+
+use crate::bus::{DeviceBus, SerialOut, VmEvent};
+use crate::cli::Config;
+use crate::devices::ged::Ged;
+use crate::devices::Interrupt;
+use crate::error::Error;
+use crate::layout::{COM1_IRQ, GED_GSI, HOTPLUG_MMIO_BASE};
+use crate::{acpi, loader, memory};
+use kvm_backend::{BackendConfig, BootEntry, KvmBackend, KvmVm};
+use serde::Serialize;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vcpu_sync::{Life, SlotReport, Stats, Vcpus};
+use vm_memory::GuestMemoryMmap;
+
+/// vCPUs the MADT can describe with xAPIC entries (IDs 0..=253; 255 is broadcast).
+pub const XAPIC_MAX_VCPUS: usize = 254;
+/// How long stopping all vCPUs at exit may take.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the guest ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// ACPI S5 / KVM shutdown event.
+    PowerOff,
+    /// Reset via i8042, ACPI reset register or triple fault.
+    Reboot,
+    /// The VMM was asked to stop the VM.
+    Shutdown,
+}
+
+/// Pulses a GSI on the in-kernel irqchip (edge-triggered sources).
+struct KvmIrq {
+    vm: Arc<KvmVm>,
+    gsi: u32,
+}
+
+impl Interrupt for KvmIrq {
+    fn trigger(&self) {
+        let r = self
+            .vm
+            .set_irq_line(self.gsi, true)
+            .and_then(|()| self.vm.set_irq_line(self.gsi, false));
+        if let Err(e) = r {
+            log::warn!("cannot raise GSI {}: {e}", self.gsi);
+        }
+    }
+}
+
+/// Per-vCPU state for `info()`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct VcpuInfo {
+    /// Slot index (APIC ID, ACPI UID).
+    pub index: usize,
+    /// Lifecycle: absent, starting, active, stopping, exited.
+    pub state: String,
+    /// Where the thread last was.
+    pub location: String,
+    /// Hot-add not yet seen by the guest.
+    pub inserting: bool,
+    /// Hot-remove not yet seen by the guest.
+    pub removing: bool,
+    /// The VMM asked for removal; the guest has not ejected yet.
+    pub remove_requested: bool,
+    /// Acknowledged the pause in force.
+    pub paused: bool,
+    /// Kicks sent so far.
+    pub kicks: u64,
+}
+
+impl From<&SlotReport> for VcpuInfo {
+    fn from(r: &SlotReport) -> Self {
+        VcpuInfo {
+            index: r.index,
+            state: format!("{:?}", r.life).to_lowercase(),
+            location: r.location.to_string(),
+            inserting: r.inserting,
+            removing: r.removing,
+            remove_requested: r.remove_requested,
+            paused: r.paused,
+            kicks: r.kicks,
+        }
+    }
+}
+
+/// A snapshot of the VM for the control API.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct VmInfo {
+    /// vCPUs started at boot.
+    pub boot_vcpus: usize,
+    /// Possible vCPUs.
+    pub max_vcpus: usize,
+    /// Present vCPUs (starting or active).
+    pub active_vcpus: usize,
+    /// Guest RAM in bytes.
+    pub memory_size: u64,
+    /// A pause is in force.
+    pub paused: bool,
+    /// GED notifications sent.
+    pub ged_notifications: u64,
+    /// One entry per slot.
+    pub vcpus: Vec<VcpuInfo>,
+}
+
+/// What a resize did.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ResizeOutcome {
+    /// Slots hot-added.
+    pub added: Vec<usize>,
+    /// Slots whose removal was requested from the guest.
+    pub removing: Vec<usize>,
+}
+
+/// A booted (or bootable) VM.
+pub struct Vm {
+    kvm: Arc<KvmVm>,
+    memory: GuestMemoryMmap,
+    vcpus: Vcpus<KvmBackend>,
+    bus: Arc<DeviceBus<KvmBackend>>,
+    ged: Ged,
+    events_tx: Sender<VmEvent>,
+    events_rx: Mutex<Option<Receiver<VmEvent>>>,
+    resize_lock: Mutex<()>,
+    boot_vcpus: usize,
+    max_vcpus: usize,
+    memory_size: u64,
+    api_socket: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("boot_vcpus", &self.boot_vcpus)
+            .field("max_vcpus", &self.max_vcpus)
+            .field("memory_size", &self.memory_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks what can be checked without the host: vCPU counts, memory size, the files.
+pub fn check_config(config: &Config) -> Result<(), Error> {
+    if config.boot_vcpus == 0 || config.boot_vcpus > config.max_vcpus {
+        return Err(Error::BadBootVcpus {
+            boot: config.boot_vcpus,
+            max: config.max_vcpus,
+        });
+    }
+    memory::check_size(config.memory_size)?;
+    loader::probe_kernel(&config.kernel)?;
+    if let Some(path) = &config.initramfs {
+        if !path.is_file() {
+            return Err(loader::LoaderError::InitramfsNotFound(path.clone()).into());
+        }
+    }
+    Ok(())
+}
+
+impl Vm {
+    /// Builds the VM (memory, kernel, ACPI, devices, vCPU slots) without starting vCPUs.
+    /// Serial output goes to stdout.
+    pub fn new(config: &Config) -> Result<Vm, Error> {
+        Self::with_serial(config, Box::new(std::io::stdout()))
+    }
+
+    /// [`Vm::new`] with serial output going to `serial_out`.
+    pub fn with_serial(config: &Config, serial_out: SerialOut) -> Result<Vm, Error> {
+        check_config(config)?;
+        let kvm = Arc::new(KvmVm::new()?);
+        let kvm_limit = kvm.max_vcpus();
+        let limit = kvm_limit.min(XAPIC_MAX_VCPUS);
+        if config.max_vcpus > limit {
+            return Err(Error::TooManyVcpus {
+                requested: config.max_vcpus,
+                limit,
+                kvm_limit,
+            });
+        }
+
+        let memory = memory::create_guest_memory(config.memory_size)?;
+        kvm.register_memory(&memory)?;
+
+        let kernel = loader::load_kernel(&memory, &config.kernel)?;
+        let initramfs = match &config.initramfs {
+            Some(p) => Some(loader::load_initramfs(&memory, p, &kernel)?),
+            None => None,
+        };
+        let cmdline = loader::build_cmdline(config.cmdline.as_deref())?;
+        let cmdline_len = loader::write_cmdline(&memory, &cmdline)?;
+        let rsdp = acpi::write_tables(&memory, config.max_vcpus, config.boot_vcpus)?;
+        let zero_page = loader::write_boot_params(&memory, &kernel, initramfs, cmdline_len, rsdp)?;
+        log::info!(
+            "kernel {:?} entry {:#x}, initramfs {:?}, RSDP {:#x}, cmdline {:?}",
+            kernel.format,
+            kernel.entry.0,
+            initramfs,
+            rsdp.0,
+            cmdline.as_cstring().ok()
+        );
+
+        let (events_tx, events_rx) = channel();
+        let serial_irq: Arc<dyn Interrupt> = Arc::new(KvmIrq {
+            vm: kvm.clone(),
+            gsi: COM1_IRQ,
+        });
+        let bus = Arc::new(DeviceBus::new(
+            serial_out,
+            serial_irq,
+            HOTPLUG_MMIO_BASE,
+            events_tx.clone(),
+        ));
+        let backend = kvm.create_backend(BackendConfig {
+            max_vcpus: config.max_vcpus,
+            memory: memory.clone(),
+            boot: BootEntry {
+                entry: kernel.entry,
+                zero_page,
+            },
+            handler: bus.clone(),
+        })?;
+        let vcpus = Vcpus::new(config.max_vcpus, backend)?;
+        // The bus (inside the backend) and the vCPUs now refer to each other; the cycle
+        // lives as long as the VM, which is the process.
+        bus.hotplug().attach(vcpus.clone());
+        let ged = Ged::new(Arc::new(KvmIrq {
+            vm: kvm.clone(),
+            gsi: GED_GSI,
+        }));
+
+        Ok(Vm {
+            kvm,
+            memory,
+            vcpus,
+            bus,
+            ged,
+            events_tx,
+            events_rx: Mutex::new(Some(events_rx)),
+            resize_lock: Mutex::new(()),
+            boot_vcpus: config.boot_vcpus,
+            max_vcpus: config.max_vcpus,
+            memory_size: config.memory_size,
+            api_socket: config.api_socket.clone(),
+        })
+    }
+
+    /// Starts the boot vCPUs (vCPU 0, the BSP, first).
+    pub fn start(&self) -> Result<(), Error> {
+        for i in 0..self.boot_vcpus {
+            self.vcpus.start(i)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the guest to power off, reboot or fail, reaping vCPUs that exit on the
+    /// way; then stops every vCPU. Call once, on the main thread.
+    pub fn run(&self) -> Result<Outcome, Error> {
+        let rx = self
+            .events_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or(Error::AlreadyRunning)?;
+        let result = loop {
+            // `self` holds a sender, so the channel never disconnects while we wait.
+            let Ok(ev) = rx.recv() else {
+                break Err(Error::Guest("event channel closed".into()));
+            };
+            log::debug!("event: {ev:?}");
+            match ev {
+                VmEvent::PowerOff => break Ok(Outcome::PowerOff),
+                VmEvent::Reboot => break Ok(Outcome::Reboot),
+                VmEvent::Shutdown => break Ok(Outcome::Shutdown),
+                VmEvent::Fatal(msg) => break Err(Error::Guest(msg)),
+                VmEvent::VcpuExited(_) | VmEvent::Ejected(_) => {
+                    let reaped = self.vcpus.reap();
+                    if !reaped.is_empty() {
+                        log::info!("reaped vCPU(s) {reaped:?}");
+                    }
+                    let alive = self.vcpus.reports().iter().any(|r| r.life != Life::Absent);
+                    if !alive {
+                        break Err(Error::Guest("every vCPU has exited".into()));
+                    }
+                }
+            }
+        };
+        self.shutdown();
+        result
+    }
+
+    /// Stops and reaps every vCPU (bounded), flushing serial output.
+    pub fn shutdown(&self) {
+        // A paused vCPU must be able to see its stop: resume first.
+        self.vcpus.resume();
+        if let Err(e) = self.vcpus.shutdown(SHUTDOWN_TIMEOUT) {
+            log::warn!("stopping vCPUs: {e}");
+        }
+        self.bus.flush_serial();
+    }
+
+    /// A sender for asking the main loop to stop the VM ([`VmEvent::Shutdown`]).
+    pub fn event_sender(&self) -> Sender<VmEvent> {
+        self.events_tx.clone()
+    }
+
+    /// Pauses every vCPU, failing with the missing vCPUs named after `timeout`.
+    pub fn pause(&self, timeout: Duration) -> Result<(), Error> {
+        Ok(self.vcpus.pause(timeout)?)
+    }
+
+    /// Ends a pause; false if the VM was not paused.
+    pub fn resume(&self) -> bool {
+        self.vcpus.resume()
+    }
+
+    /// Changes the number of present vCPUs to `n`: hot-adds the lowest absent slots or asks
+    /// the guest to give up the highest active ones, then raises the GED so the guest scans.
+    /// Slots still on their way out are not reused until reaped.
+    pub fn resize(&self, n: usize) -> Result<ResizeOutcome, Error> {
+        if n == 0 {
+            return Err(Error::Resize("cannot resize to 0 vCPUs".into()));
+        }
+        if n > self.max_vcpus {
+            return Err(Error::Resize(format!(
+                "cannot resize to {n} vCPUs: max is {}",
+                self.max_vcpus
+            )));
+        }
+        let _serial = self.resize_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.vcpus.reap();
+        let reports = self.vcpus.reports();
+        let staying: Vec<usize> = reports
+            .iter()
+            .filter(|r| matches!(r.life, Life::Starting | Life::Active) && !r.remove_requested)
+            .map(|r| r.index)
+            .collect();
+        let mut outcome = ResizeOutcome::default();
+        if n > staying.len() {
+            let free: Vec<usize> = reports
+                .iter()
+                .filter(|r| r.life == Life::Absent)
+                .map(|r| r.index)
+                .collect();
+            let need = n - staying.len();
+            if free.len() < need {
+                return Err(Error::Resize(format!(
+                    "cannot grow to {n} vCPUs now: only {} slot(s) free, others are still being removed",
+                    free.len()
+                )));
+            }
+            for &i in &free[..need] {
+                self.vcpus.hot_add(i)?;
+                outcome.added.push(i);
+            }
+        } else {
+            for &i in staying.iter().rev().take(staying.len() - n) {
+                self.vcpus.request_removal(i)?;
+                outcome.removing.push(i);
+            }
+        }
+        if !outcome.added.is_empty() || !outcome.removing.is_empty() {
+            log::info!(
+                "resize to {n}: adding {:?}, removing {:?}",
+                outcome.added,
+                outcome.removing
+            );
+            self.ged.notify_cpu_change();
+        }
+        Ok(outcome)
+    }
+
+    /// Per-slot state and VM facts.
+    pub fn info(&self) -> VmInfo {
+        let reports = self.vcpus.reports();
+        VmInfo {
+            boot_vcpus: self.boot_vcpus,
+            max_vcpus: self.max_vcpus,
+            active_vcpus: self.vcpus.active_count(),
+            memory_size: self.memory_size,
+            paused: self.vcpus.is_paused(),
+            ged_notifications: self.ged.notifications(),
+            vcpus: reports.iter().map(VcpuInfo::from).collect(),
+        }
+    }
+
+    /// Core counters (pauses, re-kicks, ejects).
+    pub fn stats(&self) -> Stats {
+        self.vcpus.stats()
+    }
+
+    /// The core's vCPU handle.
+    pub fn vcpus(&self) -> &Vcpus<KvmBackend> {
+        &self.vcpus
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The KVM VM.
+    pub fn kvm(&self) -> &KvmVm {
+        &self.kvm
+    }
+
+    /// The `--api-socket` path, for the control API.
+    pub fn api_socket(&self) -> Option<&std::path::Path> {
+        self.api_socket.as_deref()
+    }
+}

@@ -1,0 +1,95 @@
+//! Boots the real guest (Debian 6.1 bzImage + busybox initramfs from scripts/guest.sh) with
+//! 1, 2 and 4 of 4 possible vCPUs and checks, from the serial output, that ACPI enumerated
+//! four possible CPUs, that exactly the boot CPUs are online, and that the guest powers
+//! off cleanly (exit 0).
+
+mod common;
+
+use common::*;
+
+fn boot_and_check(boot: usize, max: usize, want_online: &str) {
+    if !kvm_available() {
+        return;
+    }
+    let guest = guest();
+    let _slot = guest_slot();
+    let cpus = format!("boot={boot},max={max}");
+    let mut vm = VmmProcess::boot(&guest, &["--cpus", &cpus]);
+    let timeout = boot_timeout();
+
+    let init = vm.wait_for_prefix(timeout, "VMTEST-INIT-OK");
+    assert!(
+        init.is_some(),
+        "no VMTEST-INIT-OK after {:?} (timeout {timeout:?})\n{}",
+        vm.elapsed(),
+        vm.diagnostics()
+    );
+    let boot_time = vm.elapsed();
+
+    let possible = vm
+        .wait_for_prefix(timeout, "VMTEST possible=")
+        .unwrap_or_else(|| panic!("no possible= line\n{}", vm.diagnostics()));
+    let want_possible = format!("0-{}", max - 1);
+    assert_eq!(
+        vmtest_value(&possible, "possible").as_deref(),
+        Some(want_possible.as_str()),
+        "ACPI must enumerate max possible CPUs\n{}",
+        vm.diagnostics()
+    );
+
+    let online = vm
+        .wait_for_prefix(timeout, "VMTEST online=")
+        .unwrap_or_else(|| panic!("no online= line\n{}", vm.diagnostics()));
+    assert_eq!(
+        vmtest_value(&online, "online").as_deref(),
+        Some(want_online),
+        "{}",
+        vm.diagnostics()
+    );
+
+    let nproc = vm
+        .wait_for_prefix(timeout, "VMTEST nproc=")
+        .unwrap_or_else(|| panic!("no nproc= line\n{}", vm.diagnostics()));
+    assert_eq!(
+        vmtest_value(&nproc, "nproc").as_deref(),
+        Some(boot.to_string().as_str()),
+        "{}",
+        vm.diagnostics()
+    );
+
+    assert!(
+        vm.wait_for_prefix(timeout, "VMTEST-POWEROFF").is_some(),
+        "no VMTEST-POWEROFF\n{}",
+        vm.diagnostics()
+    );
+    let status = vm.wait_exit(timeout);
+    let diag = vm.diagnostics();
+    let status = status.unwrap_or_else(|| panic!("vmm did not exit after poweroff\n{diag}"));
+    assert!(status.success(), "vmm exit status {status}\n{diag}");
+    assert!(
+        vm.stderr().contains("powered off"),
+        "expected a poweroff message\n{diag}"
+    );
+    let acpi_errors: Vec<String> = vm
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("ACPI BIOS Error") || l.contains("ACPI Error"))
+        .collect();
+    assert!(acpi_errors.is_empty(), "ACPI errors: {acpi_errors:#?}");
+    eprintln!("boot={boot} max={max}: VMTEST-INIT-OK after {boot_time:?}");
+}
+
+#[test]
+fn boot_one_of_four() {
+    boot_and_check(1, 4, "0");
+}
+
+#[test]
+fn boot_two_of_four() {
+    boot_and_check(2, 4, "0-1");
+}
+
+#[test]
+fn boot_four_of_four() {
+    boot_and_check(4, 4, "0-3");
+}

@@ -1,0 +1,146 @@
+//! Command-line and input errors: each must exit non-zero with a clear `vmm: error:` line
+//! and never panic. None of these needs a guest; only `max=100000` needs /dev/kvm to learn
+//! the KVM limit (without KVM it must still fail cleanly).
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn assert_clean_failure(f: &Finished, expect: &[&str]) {
+    let status = f.status.expect("vmm hung on bad input");
+    assert!(
+        !status.success(),
+        "vmm succeeded on bad input: {}",
+        f.stderr
+    );
+    assert_eq!(status.code(), Some(1), "exit code; stderr: {}", f.stderr);
+    assert!(!f.stderr.contains("panicked"), "vmm panicked: {}", f.stderr);
+    let line = f
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("vmm: error: "))
+        .unwrap_or_else(|| panic!("no `vmm: error:` line in stderr: {}", f.stderr));
+    for e in expect {
+        assert!(
+            line.contains(e),
+            "error line {line:?} does not mention {e:?}"
+        );
+    }
+}
+
+/// A kernel file that passes for nothing: the tests that get past the kernel check use
+/// the real guest kernel if present, or this stand-in otherwise.
+fn some_kernel() -> (Option<TempFile>, String) {
+    let k = workspace_root().join("target/guest/bzImage");
+    if k.is_file() {
+        return (None, k.display().to_string());
+    }
+    let mut bz = vec![0u8; 4096];
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    let t = TempFile::new("fake-bzimage", &bz);
+    let p = t.0.display().to_string();
+    (Some(t), p)
+}
+
+#[test]
+fn help_succeeds() {
+    let f = run_vmm(&["--help"], TIMEOUT);
+    assert!(f.status.expect("hung").success());
+    assert!(f.stdout.contains("--kernel"));
+}
+
+#[test]
+fn missing_kernel_argument() {
+    let f = run_vmm(&["--cpus", "boot=1"], TIMEOUT);
+    assert_clean_failure(&f, &["--kernel"]);
+}
+
+#[test]
+fn missing_kernel_file() {
+    let f = run_vmm(&["--kernel", "/nonexistent/bzImage"], TIMEOUT);
+    assert_clean_failure(&f, &["/nonexistent/bzImage", "not found"]);
+}
+
+#[test]
+fn corrupt_kernel_file() {
+    // Deterministic pseudo-random bytes (xorshift), no magic anywhere useful.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let bytes: Vec<u8> = (0..256 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let t = TempFile::new("random-kernel", &bytes);
+    let f = run_vmm(&["--kernel", &t.0.display().to_string()], TIMEOUT);
+    assert_clean_failure(&f, &["not a Linux kernel image"]);
+}
+
+#[test]
+fn missing_initramfs_file() {
+    let (_t, k) = some_kernel();
+    let f = run_vmm(
+        &["--kernel", &k, "--initramfs", "/nonexistent/initrd"],
+        TIMEOUT,
+    );
+    assert_clean_failure(&f, &["/nonexistent/initrd", "not found"]);
+}
+
+#[test]
+fn boot_above_max() {
+    let (_t, k) = some_kernel();
+    let f = run_vmm(&["--kernel", &k, "--cpus", "boot=4,max=2"], TIMEOUT);
+    assert_clean_failure(&f, &["boot=4", "max=2"]);
+}
+
+#[test]
+fn boot_zero() {
+    let (_t, k) = some_kernel();
+    let f = run_vmm(&["--kernel", &k, "--cpus", "boot=0,max=4"], TIMEOUT);
+    assert_clean_failure(&f, &["boot must be at least 1"]);
+}
+
+#[test]
+fn max_above_kvm_limit() {
+    let (_t, k) = some_kernel();
+    let f = run_vmm(&["--kernel", &k, "--cpus", "boot=1,max=100000"], TIMEOUT);
+    if std::path::Path::new("/dev/kvm").exists() {
+        assert_clean_failure(&f, &["max=100000", "KVM allows"]);
+    } else {
+        assert_clean_failure(&f, &[]);
+    }
+}
+
+#[test]
+fn memory_too_small() {
+    let (_t, k) = some_kernel();
+    let f = run_vmm(&["--kernel", &k, "--memory", "size=1M"], TIMEOUT);
+    assert_clean_failure(&f, &["too little memory", "128 MiB"]);
+}
+
+#[test]
+fn memory_too_large() {
+    let (_t, k) = some_kernel();
+    let f = run_vmm(&["--kernel", &k, "--memory", "size=64G"], TIMEOUT);
+    assert_clean_failure(&f, &["too large", "3 GiB"]);
+}
+
+#[test]
+fn memory_garbage() {
+    let (_t, k) = some_kernel();
+    for bad in ["size=garbage", "garbage", "size=12Q", "size="] {
+        let f = run_vmm(&["--kernel", &k, "--memory", bad], TIMEOUT);
+        assert_clean_failure(&f, &["--memory"]);
+    }
+}
+
+#[test]
+fn unknown_argument() {
+    let f = run_vmm(&["--kernel", "k", "--frobnicate"], TIMEOUT);
+    assert_clean_failure(&f, &["--frobnicate"]);
+}

@@ -1,0 +1,337 @@
+//! Helpers shared by the VMM's integration tests (boot, hotplug, pause storms): locating
+//! the guest, spawning the `vmm` binary, collecting its serial output line by line on a
+//! reader thread, and waiting for lines or exit with hard timeouts.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The `vmm` binary under test.
+pub fn vmm_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vmm")
+}
+
+/// The workspace root (guest files live under its `target/guest`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("vmm crate lives in the workspace")
+        .to_path_buf()
+}
+
+/// Paths of the guest kernel and initramfs.
+pub struct Guest {
+    /// target/guest/bzImage
+    pub kernel: PathBuf,
+    /// target/guest/initramfs.cpio.gz
+    pub initramfs: PathBuf,
+}
+
+/// The guest built by `scripts/guest.sh`; fails the test with instructions if missing.
+pub fn guest() -> Guest {
+    let dir = std::env::var_os("VMM_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/guest"));
+    let g = Guest {
+        kernel: dir.join("bzImage"),
+        initramfs: dir.join("initramfs.cpio.gz"),
+    };
+    for p in [&g.kernel, &g.initramfs] {
+        assert!(
+            p.is_file(),
+            "guest file {} is missing: run `bash scripts/guest.sh` first",
+            p.display()
+        );
+    }
+    g
+}
+
+/// Whether real-KVM tests should run. Without /dev/kvm they fail with a clear message,
+/// unless VMM_ALLOW_NO_KVM=1 says skipping is acceptable (then this returns false).
+pub fn kvm_available() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if ok {
+        return true;
+    }
+    if std::env::var("VMM_ALLOW_NO_KVM").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: /dev/kvm is not usable and VMM_ALLOW_NO_KVM=1");
+        return false;
+    }
+    panic!("/dev/kvm is not usable (missing or no permission); these tests need KVM. Set VMM_ALLOW_NO_KVM=1 to skip them.");
+}
+
+/// How long a guest may take to boot. Overridable with VMM_TEST_BOOT_TIMEOUT_SECS for slow
+/// hosts (software-emulated virtualization boots in minutes, hardware KVM in seconds).
+pub fn boot_timeout() -> Duration {
+    let secs = std::env::var("VMM_TEST_BOOT_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    Duration::from_secs(secs)
+}
+
+/// Guests are heavy; booting several at once on a small host only makes each slower and
+/// the timeouts flakier. Tests that boot hold this for the guest's lifetime.
+pub fn guest_slot() -> MutexGuard<'static, ()> {
+    static SLOT: Mutex<()> = Mutex::new(());
+    SLOT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Default)]
+struct Output {
+    lines: Vec<String>,
+    stdout_closed: bool,
+}
+
+/// A running `vmm` with its stdout collected line by line and stderr collected whole.
+pub struct VmmProcess {
+    child: Child,
+    out: Arc<(Mutex<Output>, Condvar)>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+    started: Instant,
+    status: Option<ExitStatus>,
+}
+
+impl VmmProcess {
+    /// Spawns `vmm` with `args`.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> VmmProcess {
+        let mut child = Command::new(vmm_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vmm");
+        let out = Arc::new((Mutex::new(Output::default()), Condvar::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout_pipe = child.stdout.take().expect("stdout pipe");
+        let mut stderr_pipe = child.stderr.take().expect("stderr pipe");
+        let out2 = out.clone();
+        let r1 = std::thread::spawn(move || {
+            // Serial output may contain stray non-UTF-8 bytes: read bytes, convert lossily.
+            let mut reader = BufReader::new(stdout_pipe);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf)
+                            .trim_end_matches(['\r', '\n'])
+                            .to_string();
+                        let (m, cv) = &*out2;
+                        m.lock().unwrap().lines.push(line);
+                        cv.notify_all();
+                    }
+                }
+            }
+            let (m, cv) = &*out2;
+            m.lock().unwrap().stdout_closed = true;
+            cv.notify_all();
+        });
+        let err2 = stderr.clone();
+        let r2 = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                err2.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        VmmProcess {
+            child,
+            out,
+            stderr,
+            readers: vec![r1, r2],
+            started: Instant::now(),
+            status: None,
+        }
+    }
+
+    /// Boots the test guest with extra `args` (e.g. `--cpus`, `--cmdline`).
+    pub fn boot(guest: &Guest, extra: &[&str]) -> VmmProcess {
+        let mut args: Vec<String> = vec![
+            "--kernel".into(),
+            guest.kernel.display().to_string(),
+            "--initramfs".into(),
+            guest.initramfs.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        VmmProcess::spawn(&args)
+    }
+
+    /// Time since spawn.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits until a stdout line satisfies `pred`; returns it, or None on timeout or when
+    /// stdout closes first.
+    pub fn wait_for_line(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.out;
+        let mut seen = 0;
+        let mut g = m.lock().unwrap();
+        loop {
+            while seen < g.lines.len() {
+                if pred(&g.lines[seen]) {
+                    return Some(g.lines[seen].clone());
+                }
+                seen += 1;
+            }
+            if g.stdout_closed {
+                return None;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits for a line starting with `prefix`.
+    pub fn wait_for_prefix(&self, timeout: Duration, prefix: &str) -> Option<String> {
+        self.wait_for_line(timeout, |l| l.starts_with(prefix))
+    }
+
+    /// Every stdout line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.out.0.lock().unwrap().lines.clone()
+    }
+
+    /// Stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for the process to exit; kills it and returns None after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                self.status = Some(s);
+                self.join_readers();
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process (idempotent) and collects the rest of its output.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        if let Ok(s) = self.child.wait() {
+            self.status = Some(s);
+        }
+        self.join_readers();
+    }
+
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
+    /// A report for assertion messages: the tail of stdout and all of stderr.
+    pub fn diagnostics(&self) -> String {
+        let lines = self.lines();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        format!(
+            "--- last serial lines ---\n{tail}\n--- stderr ---\n{}",
+            self.stderr()
+        )
+    }
+}
+
+impl Drop for VmmProcess {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            self.kill();
+        }
+    }
+}
+
+/// The result of a `vmm` run to completion.
+pub struct Finished {
+    /// Exit status (None when killed at the timeout).
+    pub status: Option<ExitStatus>,
+    /// Stdout.
+    pub stdout: String,
+    /// Stderr.
+    pub stderr: String,
+}
+
+/// Runs `vmm` with `args` to completion (killed after `timeout`).
+pub fn run_vmm<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> Finished {
+    let mut p = VmmProcess::spawn(args);
+    let status = p.wait_exit(timeout);
+    Finished {
+        status,
+        stdout: p.lines().join("\n"),
+        stderr: p.stderr(),
+    }
+}
+
+/// The value of `key=` in a `VMTEST ...` line (`VMTEST online=0-1 present=0-3` → key
+/// `online` gives `0-1`).
+pub fn vmtest_value(line: &str, key: &str) -> Option<String> {
+    line.strip_prefix("VMTEST ")?
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_string)
+}
+
+/// Expands a Linux CPU list (`0-2,5`) into indices.
+pub fn cpu_list(s: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().unwrap()),
+        }
+    }
+    out
+}
+
+/// A temporary file with `bytes`, removed on drop.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    /// Creates it under the system temp dir.
+    pub fn new(name: &str, bytes: &[u8]) -> TempFile {
+        let p = std::env::temp_dir().join(format!("vmm-test-{}-{name}", std::process::id()));
+        std::fs::write(&p, bytes).expect("write temp file");
+        TempFile(p)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
