@@ -8,8 +8,11 @@ pub const BOOT_IDT: u64 = 0x520;
 pub const PML4: u64 = 0x9000;
 /// Page-directory-pointer table of the boot identity map.
 pub const PDPTE: u64 = 0xa000;
-/// Page directory: identity-maps the first 1 GiB with 2 MiB pages.
+/// First of [`PDE_COUNT`] consecutive page directories: together they identity-map the
+/// first 4 GiB with 2 MiB pages (RAM and the MMIO hole).
 pub const PDE: u64 = 0xb000;
+/// Number of page directories at [`PDE`] (one per GiB).
+pub const PDE_COUNT: u64 = 4;
 /// Initial RSP/RBP of the BSP.
 pub const BOOT_STACK: u64 = 0x8ff0;
 /// The VMM writes `boot_params` here.

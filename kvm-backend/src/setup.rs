@@ -2,7 +2,7 @@
 //! 64-bit boot state of the BSP (GDT, IDT, identity page tables, sregs, regs).
 
 use crate::error::Error;
-use crate::layout::{BOOT_GDT, BOOT_IDT, BOOT_STACK, PDE, PDPTE, PML4};
+use crate::layout::{BOOT_GDT, BOOT_IDT, BOOT_STACK, PDE, PDE_COUNT, PDPTE, PML4};
 use crate::BootEntry;
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, Msrs};
 use kvm_ioctls::VcpuFd;
@@ -192,18 +192,21 @@ fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), Error> {
             .map_err(|source| Error::GuestMemory { what, addr, source })?;
     }
     write(mem, "PML4", PML4, PDPTE | PTE_PRESENT | PTE_WRITABLE)?;
-    write(mem, "PDPT", PDPTE, PDE | PTE_PRESENT | PTE_WRITABLE)?;
+    // Four page directories identity-map the whole 32-bit space with 2 MiB pages, so a
+    // minimal guest can reach the MMIO devices in the hole below 4 GiB without building
+    // its own tables (Linux replaces all of this early anyway).
     let mut pd = [0u8; 4096];
-    for (i, chunk) in pd.chunks_exact_mut(8).enumerate() {
-        let entry = ((i as u64) << 21) | PDE_PAGE_SIZE | PTE_PRESENT | PTE_WRITABLE;
-        chunk.copy_from_slice(&entry.to_le_bytes());
+    for dir in 0..PDE_COUNT {
+        let pd_addr = PDE + dir * 0x1000;
+        write(mem, "PDPT", PDPTE + dir * 8, pd_addr | PTE_PRESENT | PTE_WRITABLE)?;
+        for (i, chunk) in pd.chunks_exact_mut(8).enumerate() {
+            let entry = (((dir << 9) + i as u64) << 21) | PDE_PAGE_SIZE | PTE_PRESENT | PTE_WRITABLE;
+            chunk.copy_from_slice(&entry.to_le_bytes());
+        }
+        mem.write_slice(&pd, GuestAddress(pd_addr))
+            .map_err(|source| Error::GuestMemory { what: "page directory", addr: pd_addr, source })?;
     }
-    mem.write_slice(&pd, GuestAddress(PDE))
-        .map_err(|source| Error::GuestMemory {
-            what: "page directory",
-            addr: PDE,
-            source,
-        })
+    Ok(())
 }
 
 /// Puts the BSP in 64-bit mode at `boot.entry` with RSI = `boot.zero_page` (the Linux
