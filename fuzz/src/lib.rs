@@ -2,6 +2,8 @@
 //! that the libFuzzer binaries (fuzz_targets/, feature `libfuzzer`) and the corpus replay
 //! tests (tests/corpus.rs, plain `cargo test`) run the same code.
 
+mod api;
 mod hotplug;
 
+pub use api::api_request;
 pub use hotplug::hotplug_mmio;

@@ -50,3 +50,78 @@ fn hotplug_mmio_corpus() {
         vmm_fuzz::hotplug_mmio(&data);
     }
 }
+
+/// Inputs made of JSON-ish tokens, so most are near misses of valid requests (random bytes
+/// almost never get past the JSON syntax check).
+fn generated_requests(seed: u64, count: usize) -> Vec<Vec<u8>> {
+    const TOKENS: &[&str] = &[
+        "{",
+        "}",
+        "[",
+        "]",
+        ":",
+        ",",
+        " ",
+        "\"command\"",
+        "\"cpus\"",
+        "\"pause\"",
+        "\"resume\"",
+        "\"resize\"",
+        "\"info\"",
+        "\"shutdown\"",
+        "\"x\"",
+        "0",
+        "1",
+        "4",
+        "-1",
+        "2.5",
+        "1e3",
+        "18446744073709551616",
+        "true",
+        "null",
+        "\"\\u0000\"",
+        "\"\\\"",
+        "\u{e9}",
+        "\u{ff}",
+    ];
+    let mut out = Vec::new();
+    for (i, bytes) in generated(seed, count, 24).into_iter().enumerate() {
+        let mut s: String = bytes
+            .iter()
+            .map(|b| TOKENS[usize::from(*b) % TOKENS.len()])
+            .collect();
+        // Every other input is wrapped as an object with a command, to reach the field checks.
+        if i % 2 == 0 {
+            s = format!("{{\"command\":{s}}}");
+        }
+        out.push(s.into_bytes());
+    }
+    out
+}
+
+#[test]
+fn api_request_corpus() {
+    let mut accepted = 0;
+    for (name, data) in corpus("api_request") {
+        eprintln!("replaying {name}");
+        vmm_fuzz::api_request(&data);
+        accepted += usize::from(vmm::api::protocol::parse_request(&data).is_ok());
+    }
+    assert!(accepted >= 5, "the corpus should hold valid requests too");
+    for data in generated(0x5eed_0002, 300, 128) {
+        vmm_fuzz::api_request(&data);
+    }
+    let mut accepted = 0;
+    for data in generated_requests(0x5eed_0003, 2000) {
+        vmm_fuzz::api_request(&data);
+        accepted += usize::from(vmm::api::protocol::parse_request(&data).is_ok());
+    }
+    eprintln!("{accepted} generated requests were valid");
+    // Around the size limit.
+    let limit = vmm::api::protocol::MAX_REQUEST_LEN;
+    for len in [limit - 1, limit, limit + 1] {
+        let mut line = br#"{"command":"info"}"#.to_vec();
+        line.resize(len, b' ');
+        vmm_fuzz::api_request(&line);
+    }
+}

@@ -1,12 +1,14 @@
 //! Command-line parsing. Hand-rolled (the grammar is tiny) so every malformed input maps to
 //! a typed [`CliError`] instead of a panic or a process exit inside a library.
 
+use crate::api::protocol::Request;
 use std::path::PathBuf;
 
 /// Usage text printed by `--help`.
 pub const USAGE: &str = "\
 Usage: vmm --kernel PATH [--initramfs PATH] [--cmdline STR]
            [--cpus boot=N[,max=M]] [--memory size=SIZE] [--api-socket PATH]
+       vmm remote --api-socket PATH (pause | resume | resize --cpus N | info | shutdown)
 
 Boots a Linux kernel (bzImage or ELF vmlinux) on KVM.
 
@@ -18,8 +20,17 @@ Options:
                        (default boot=1; max defaults to boot)
   --memory size=SIZE   guest RAM, with an optional K/M/G suffix (default 512M;
                        128M..3G)
-  --api-socket PATH    path of the control socket (reserved for the control API)
+  --api-socket PATH    serve the control API on this unix socket (mode 0600;
+                       one JSON request per line, one JSON response per line)
   -h, --help           print this help
+
+Remote control of a running vmm (prints the JSON response; exits 1 on an error):
+  vmm remote --api-socket PATH pause      pause every vCPU
+  vmm remote --api-socket PATH resume     end the pause
+  vmm remote --api-socket PATH resize --cpus N
+                                          hot-add or hot-remove vCPUs (1..=max)
+  vmm remote --api-socket PATH info       vCPU states and counters
+  vmm remote --api-socket PATH shutdown   stop the VM
 
 Environment: RUST_LOG (e.g. RUST_LOG=debug) controls logging on stderr.";
 
@@ -33,6 +44,17 @@ pub enum Command {
     Help,
     /// Boot a VM.
     Run(Config),
+    /// Send one control request to a running VMM.
+    Remote(Remote),
+}
+
+/// `vmm remote ...`: one request to the control socket at `api_socket`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remote {
+    /// The running VMM's `--api-socket`.
+    pub api_socket: PathBuf,
+    /// What to send.
+    pub request: Request,
 }
 
 /// A parsed (syntactically valid) VM configuration. Semantic limits that need the host
@@ -116,6 +138,26 @@ pub enum CliError {
     /// An unparsable size.
     #[error("--memory: '{0}' is not a valid size (examples: 512M, 1G, 262144K, 536870912)")]
     BadSize(String),
+    /// `vmm remote` without `--api-socket`.
+    #[error("remote: --api-socket PATH is required")]
+    RemoteNeedsSocket,
+    /// `vmm remote` without a command.
+    #[error("remote: expected one of pause, resume, resize --cpus N, info, shutdown")]
+    RemoteNeedsCommand,
+    /// `vmm remote` with an unknown command word or two commands.
+    #[error(
+        "remote: unexpected '{0}' (expected one of pause, resume, resize --cpus N, info, shutdown)"
+    )]
+    RemoteUnexpected(String),
+    /// `resize` without `--cpus`.
+    #[error("remote resize: --cpus N is required")]
+    RemoteNeedsCpus,
+    /// `--cpus` with a command other than `resize`.
+    #[error("remote: --cpus only applies to resize")]
+    RemoteCpusWithoutResize,
+    /// `--cpus N` where N is not a positive number.
+    #[error("remote resize: --cpus must be a number of at least 1, got '{0}'")]
+    RemoteBadCpus(String),
 }
 
 /// Parses `args` (without the program name).
@@ -131,7 +173,11 @@ where
     let mut memory = None;
     let mut api_socket = None;
 
-    let mut it = args.into_iter().map(Into::into);
+    let mut it = args.into_iter().map(Into::into).peekable();
+    if it.peek().map(String::as_str) == Some("remote") {
+        it.next();
+        return parse_remote(it);
+    }
     while let Some(arg) = it.next() {
         // Accept both "--flag value" and "--flag=value".
         let (flag, inline) = match arg.split_once('=') {
@@ -171,6 +217,61 @@ where
         max_vcpus,
         memory_size: memory.unwrap_or(DEFAULT_MEMORY),
         api_socket,
+    }))
+}
+
+/// Parses the arguments after `remote`.
+fn parse_remote(it: impl Iterator<Item = String>) -> Result<Command, CliError> {
+    let mut it = it;
+    let mut api_socket = None;
+    let mut cpus: Option<String> = None;
+    let mut command: Option<String> = None;
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &'static str| match inline.clone() {
+            Some(v) => Ok(v),
+            None => it.next().ok_or(CliError::MissingValue(name)),
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--api-socket" => {
+                let v = value("--api-socket")?;
+                set_once(&mut api_socket, PathBuf::from(v), "--api-socket")?
+            }
+            "--cpus" => {
+                let v = value("--cpus")?;
+                set_once(&mut cpus, v, "--cpus")?
+            }
+            "pause" | "resume" | "resize" | "info" | "shutdown" if command.is_none() => {
+                command = Some(arg)
+            }
+            _ => return Err(CliError::RemoteUnexpected(arg)),
+        }
+    }
+    let api_socket = api_socket.ok_or(CliError::RemoteNeedsSocket)?;
+    let command = command.ok_or(CliError::RemoteNeedsCommand)?;
+    if cpus.is_some() && command != "resize" {
+        return Err(CliError::RemoteCpusWithoutResize);
+    }
+    let request = match command.as_str() {
+        "pause" => Request::Pause,
+        "resume" => Request::Resume,
+        "info" => Request::Info,
+        "shutdown" => Request::Shutdown,
+        _ => {
+            let text = cpus.ok_or(CliError::RemoteNeedsCpus)?;
+            match text.trim().parse::<usize>() {
+                Ok(n) if n > 0 => Request::Resize { cpus: n },
+                _ => return Err(CliError::RemoteBadCpus(text)),
+            }
+        }
+    };
+    Ok(Command::Remote(Remote {
+        api_socket,
+        request,
     }))
 }
 
@@ -281,7 +382,7 @@ mod tests {
     fn run(args: &[&str]) -> Result<Config, CliError> {
         match parse(args.iter().copied())? {
             Command::Run(c) => Ok(c),
-            Command::Help => panic!("unexpected help"),
+            other => panic!("unexpected {other:?}"),
         }
     }
 
@@ -381,5 +482,68 @@ mod tests {
             Err(CliError::Duplicate("--kernel"))
         );
         assert_eq!(parse(["--help"]), Ok(Command::Help));
+    }
+
+    #[test]
+    fn remote() {
+        let r = |args: &[&str]| parse(args.iter().copied());
+        let remote = |path: &str, request| {
+            Ok(Command::Remote(Remote {
+                api_socket: PathBuf::from(path),
+                request,
+            }))
+        };
+        assert_eq!(
+            r(&["remote", "--api-socket", "/s", "pause"]),
+            remote("/s", Request::Pause)
+        );
+        assert_eq!(
+            r(&["remote", "info", "--api-socket=/s"]),
+            remote("/s", Request::Info)
+        );
+        assert_eq!(
+            r(&["remote", "--api-socket", "/s", "resize", "--cpus", "3"]),
+            remote("/s", Request::Resize { cpus: 3 })
+        );
+        assert_eq!(
+            r(&["remote", "--cpus=2", "resize", "--api-socket", "/s"]),
+            remote("/s", Request::Resize { cpus: 2 })
+        );
+        assert_eq!(r(&["remote", "pause"]), Err(CliError::RemoteNeedsSocket));
+        assert_eq!(
+            r(&["remote", "--api-socket", "/s"]),
+            Err(CliError::RemoteNeedsCommand)
+        );
+        assert_eq!(
+            r(&["remote", "--api-socket", "/s", "resize"]),
+            Err(CliError::RemoteNeedsCpus)
+        );
+        assert_eq!(
+            r(&["remote", "--api-socket", "/s", "pause", "--cpus", "2"]),
+            Err(CliError::RemoteCpusWithoutResize)
+        );
+        for bad in ["0", "-1", "x", ""] {
+            assert_eq!(
+                r(&["remote", "--api-socket", "/s", "resize", "--cpus", bad]),
+                Err(CliError::RemoteBadCpus(bad.into()))
+            );
+        }
+        assert_eq!(
+            r(&["remote", "--api-socket", "/s", "pause", "resume"]),
+            Err(CliError::RemoteUnexpected("resume".into()))
+        );
+        assert_eq!(
+            r(&["remote", "--api-socket", "/s", "reboot"]),
+            Err(CliError::RemoteUnexpected("reboot".into()))
+        );
+        assert_eq!(
+            r(&["remote", "--api-socket"]),
+            Err(CliError::MissingValue("--api-socket"))
+        );
+        // `remote` only counts as the first word.
+        assert!(matches!(
+            r(&["--kernel", "k", "remote"]),
+            Err(CliError::UnknownArgument(_))
+        ));
     }
 }

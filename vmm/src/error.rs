@@ -50,7 +50,16 @@ pub enum Error {
     },
     /// A resize request that cannot be honoured.
     #[error("resize: {0}")]
-    Resize(String),
+    Resize(#[from] crate::vm::ResizeError),
+    /// The control API socket could not be set up.
+    #[error("control API: {0}")]
+    Api(#[from] crate::api::ServerError),
+    /// `vmm remote` could not get an answer.
+    #[error("{0}")]
+    Client(#[from] crate::api::ClientError),
+    /// `vmm remote` got an error answer (its message).
+    #[error("{0}")]
+    Remote(String),
     /// The guest or a vCPU failed fatally.
     #[error("guest failed: {0}")]
     Guest(String),

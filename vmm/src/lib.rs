@@ -6,6 +6,7 @@
 
 pub mod acpi;
 pub mod aml;
+pub mod api;
 pub mod bus;
 pub mod cli;
 pub mod devices;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod testguest;
 pub mod vm;
 
 pub use error::Error;

@@ -1,11 +1,19 @@
-//! `vmm`: boots a Linux kernel on KVM. Parses the command line, builds the VM, runs it
-//! until the guest powers off or reboots (exit 0) or something fails (exit 1, with a
-//! `vmm: error: ...` line on stderr).
+//! `vmm`: boots a Linux kernel on KVM. Parses the command line, builds the VM, serves the
+//! control API if asked, runs the VM until the guest powers off or reboots or the API asks
+//! for a shutdown (exit 0) or something fails (exit 1, with a `vmm: error: ...` line on
+//! stderr). `vmm remote ...` is the control API's client instead.
 
 use std::io::Write;
 use std::process::ExitCode;
-use vmm::cli::{self, Command};
+use std::sync::Arc;
+use std::time::Duration;
+use vmm::api::{self, ApiServer, VmControl};
+use vmm::cli::{self, Command, Remote};
 use vmm::vm::{Outcome, Vm};
+
+/// How long `vmm remote` waits for an answer (a pause may take up to
+/// [`api::PAUSE_TIMEOUT`]).
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
@@ -42,8 +50,28 @@ fn run() -> Result<Option<Outcome>, vmm::Error> {
             return Ok(None);
         }
         Command::Run(c) => c,
+        Command::Remote(r) => return remote(&r).map(|()| None),
     };
-    let vm = Vm::new(&config)?;
+    let vm = Arc::new(Vm::new(&config)?);
+    // Before the vCPUs start, so a client never sees a half-started VM; dropped (socket
+    // file removed) when this function returns, whatever the outcome.
+    let _server = match vm.api_socket() {
+        Some(path) => Some(ApiServer::start(
+            path,
+            Arc::new(VmControl::new(vm.clone())),
+        )?),
+        None => None,
+    };
     vm.start()?;
     vm.run().map(Some)
+}
+
+/// `vmm remote`: prints the response line; an `ok:false` answer is an error.
+fn remote(r: &Remote) -> Result<(), vmm::Error> {
+    let answer = api::request(&r.api_socket, &r.request, REMOTE_TIMEOUT)?;
+    println!("{}", answer.line);
+    match answer.error {
+        None => Ok(()),
+        Some(msg) => Err(vmm::Error::Remote(msg)),
+    }
 }

@@ -12,6 +12,7 @@ use crate::layout::{COM1_IRQ, GED_GSI, HOTPLUG_MMIO_BASE};
 use crate::{acpi, loader, memory};
 use kvm_backend::{BackendConfig, BootEntry, KvmBackend, KvmVm};
 use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,8 +58,12 @@ impl Interrupt for KvmIrq {
 pub struct VcpuInfo {
     /// Slot index (APIC ID, ACPI UID).
     pub index: usize,
-    /// Lifecycle: absent, starting, active, stopping, exited.
-    pub state: String,
+    /// One of `absent`, `removing` (removal requested and not yet completed by the guest,
+    /// or ejected and on its way out), `inserting` (hot-added, not yet seen by the guest),
+    /// `paused` (acknowledged the pause in force) or `running`, first match wins.
+    pub state: &'static str,
+    /// The core's lifecycle: absent, starting, active, stopping, exited.
+    pub life: String,
     /// Where the thread last was.
     pub location: String,
     /// Hot-add not yet seen by the guest.
@@ -75,9 +80,18 @@ pub struct VcpuInfo {
 
 impl From<&SlotReport> for VcpuInfo {
     fn from(r: &SlotReport) -> Self {
+        let state = match r.life {
+            Life::Absent => "absent",
+            Life::Stopping | Life::Exited => "removing",
+            Life::Starting | Life::Active if r.removing || r.remove_requested => "removing",
+            Life::Starting | Life::Active if r.inserting => "inserting",
+            Life::Starting | Life::Active if r.paused => "paused",
+            Life::Starting | Life::Active => "running",
+        };
         VcpuInfo {
             index: r.index,
-            state: format!("{:?}", r.life).to_lowercase(),
+            state,
+            life: format!("{:?}", r.life).to_lowercase(),
             location: r.location.to_string(),
             inserting: r.inserting,
             removing: r.removing,
@@ -103,15 +117,83 @@ pub struct VmInfo {
     pub paused: bool,
     /// GED notifications sent.
     pub ged_notifications: u64,
+    /// Slots hot-added that the guest has not acknowledged yet.
+    pub pending_insertions: Vec<usize>,
+    /// Slots whose removal was requested and that the guest has not ejected yet (still
+    /// present), or that were ejected and are not reaped yet.
+    pub pending_removals: Vec<usize>,
+    /// Core counters since boot.
+    pub stats: StatsInfo,
     /// One entry per slot.
     pub vcpus: Vec<VcpuInfo>,
+}
+
+/// The core's counters, for `info()`.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct StatsInfo {
+    /// Pauses completed with every vCPU acknowledged.
+    pub pauses: u64,
+    /// Pauses during which some vCPU was inside a device handler when kicked.
+    pub pauses_overlapping_mmio: u64,
+    /// Kicks re-sent to vCPUs that had not acknowledged in time.
+    pub rekicks: u64,
+    /// Guest ejects honoured.
+    pub ejects: u64,
+}
+
+impl From<Stats> for StatsInfo {
+    fn from(s: Stats) -> Self {
+        StatsInfo {
+            pauses: s.pauses,
+            pauses_overlapping_mmio: s.pauses_overlapping_mmio,
+            rekicks: s.rekicks,
+            ejects: s.ejects,
+        }
+    }
+}
+
+/// Why a resize was refused. The VM is unchanged when one is returned, except for
+/// [`ResizeError::Vcpu`] (the core failed part way; `info` shows what was done).
+#[derive(Debug, thiserror::Error)]
+pub enum ResizeError {
+    /// Zero vCPUs.
+    #[error("cannot resize to 0 vCPUs: at least 1 is needed")]
+    Zero,
+    /// More than `max_vcpus`.
+    #[error("cannot resize to {requested} vCPUs: the maximum (--cpus max) is {max}")]
+    AboveMax {
+        /// The count asked for.
+        requested: usize,
+        /// `max_vcpus`.
+        max: usize,
+    },
+    /// Growing needs slots that the guest is still ejecting.
+    #[error("cannot grow to {requested} vCPUs now: only {free} slot(s) are free; vCPU(s) {busy:?} are still being removed by the guest")]
+    SlotsBusy {
+        /// The count asked for.
+        requested: usize,
+        /// Absent slots.
+        free: usize,
+        /// Slots the guest has begun removing (or ejected and not yet reaped).
+        busy: Vec<usize>,
+    },
+    /// The VM is stopping.
+    #[error("the VM is shutting down")]
+    ShuttingDown,
+    /// The core refused to start or mark a vCPU.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu_sync::CoreError),
 }
 
 /// What a resize did.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct ResizeOutcome {
+    /// The vCPU count asked for.
+    pub cpus: usize,
     /// Slots hot-added.
     pub added: Vec<usize>,
+    /// Slots whose pending removal was withdrawn (the guest had not seen it yet).
+    pub cancelled: Vec<usize>,
     /// Slots whose removal was requested from the guest.
     pub removing: Vec<usize>,
 }
@@ -126,6 +208,8 @@ pub struct Vm {
     events_tx: Sender<VmEvent>,
     events_rx: Mutex<Option<Receiver<VmEvent>>>,
     resize_lock: Mutex<()>,
+    /// Set once the main loop has decided to stop: no more resizes.
+    stopping: AtomicBool,
     boot_vcpus: usize,
     max_vcpus: usize,
     memory_size: u64,
@@ -240,6 +324,7 @@ impl Vm {
             events_tx,
             events_rx: Mutex::new(Some(events_rx)),
             resize_lock: Mutex::new(()),
+            stopping: AtomicBool::new(false),
             boot_vcpus: config.boot_vcpus,
             max_vcpus: config.max_vcpus,
             memory_size: config.memory_size,
@@ -293,6 +378,11 @@ impl Vm {
 
     /// Stops and reaps every vCPU (bounded), flushing serial output.
     pub fn shutdown(&self) {
+        // A resize in progress finishes first; later ones are refused.
+        {
+            let _serial = self.resize_lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.stopping.store(true, Ordering::SeqCst);
+        }
         // A paused vCPU must be able to see its stop: resume first.
         self.vcpus.resume();
         if let Err(e) = self.vcpus.shutdown(SHUTDOWN_TIMEOUT) {
@@ -316,42 +406,78 @@ impl Vm {
         self.vcpus.resume()
     }
 
-    /// Changes the number of present vCPUs to `n`: hot-adds the lowest absent slots or asks
-    /// the guest to give up the highest active ones, then raises the GED so the guest scans.
-    /// Slots still on their way out are not reused until reaped.
-    pub fn resize(&self, n: usize) -> Result<ResizeOutcome, Error> {
+    /// Changes the number of present vCPUs to `n`, then raises the GED so the guest scans:
+    ///
+    /// * growing first withdraws pending removals the guest has not seen yet (highest
+    ///   slots stay, lowest first), then hot-adds the lowest absent slots;
+    /// * shrinking asks the guest to give up the highest present slots; the guest ejects
+    ///   them (`_EJ0`) and the main loop reaps them.
+    ///
+    /// Slots the guest is already ejecting are not reused until reaped. Resizing to the
+    /// current count changes nothing. Errors leave the VM untouched (see [`ResizeError`]).
+    pub fn resize(&self, n: usize) -> Result<ResizeOutcome, ResizeError> {
         if n == 0 {
-            return Err(Error::Resize("cannot resize to 0 vCPUs".into()));
+            return Err(ResizeError::Zero);
         }
         if n > self.max_vcpus {
-            return Err(Error::Resize(format!(
-                "cannot resize to {n} vCPUs: max is {}",
-                self.max_vcpus
-            )));
+            return Err(ResizeError::AboveMax {
+                requested: n,
+                max: self.max_vcpus,
+            });
         }
         let _serial = self.resize_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(ResizeError::ShuttingDown);
+        }
         self.vcpus.reap();
         let reports = self.vcpus.reports();
+        let present = |r: &&SlotReport| matches!(r.life, Life::Starting | Life::Active);
         let staying: Vec<usize> = reports
             .iter()
-            .filter(|r| matches!(r.life, Life::Starting | Life::Active) && !r.remove_requested)
+            .filter(present)
+            .filter(|r| !r.remove_requested)
             .map(|r| r.index)
             .collect();
-        let mut outcome = ResizeOutcome::default();
+        // Removals the guest has not scanned yet can be withdrawn; once it has seen one
+        // (`removing` cleared, request still set) it is offlining the CPU and will eject.
+        let withdrawable: Vec<usize> = reports
+            .iter()
+            .filter(present)
+            .filter(|r| r.remove_requested && r.removing)
+            .map(|r| r.index)
+            .collect();
+        let free: Vec<usize> = reports
+            .iter()
+            .filter(|r| r.life == Life::Absent)
+            .map(|r| r.index)
+            .collect();
+        let mut outcome = ResizeOutcome {
+            cpus: n,
+            ..ResizeOutcome::default()
+        };
         if n > staying.len() {
-            let free: Vec<usize> = reports
-                .iter()
-                .filter(|r| r.life == Life::Absent)
-                .map(|r| r.index)
-                .collect();
             let need = n - staying.len();
-            if free.len() < need {
-                return Err(Error::Resize(format!(
-                    "cannot grow to {n} vCPUs now: only {} slot(s) free, others are still being removed",
-                    free.len()
-                )));
+            let cancel = need.min(withdrawable.len());
+            let add = need - cancel;
+            if free.len() < add {
+                let busy = reports
+                    .iter()
+                    .filter(|r| r.life != Life::Absent && !staying.contains(&r.index))
+                    .filter(|r| !withdrawable.contains(&r.index))
+                    .map(|r| r.index)
+                    .collect();
+                return Err(ResizeError::SlotsBusy {
+                    requested: n,
+                    free: free.len(),
+                    busy,
+                });
             }
-            for &i in &free[..need] {
+            for &i in &withdrawable[..cancel] {
+                if self.vcpus.cancel_removal(i)? {
+                    outcome.cancelled.push(i);
+                }
+            }
+            for &i in &free[..add] {
                 self.vcpus.hot_add(i)?;
                 outcome.added.push(i);
             }
@@ -363,9 +489,10 @@ impl Vm {
         }
         if !outcome.added.is_empty() || !outcome.removing.is_empty() {
             log::info!(
-                "resize to {n}: adding {:?}, removing {:?}",
+                "resize to {n}: adding {:?}, removing {:?}, withdrawn removals {:?}",
                 outcome.added,
-                outcome.removing
+                outcome.removing,
+                outcome.cancelled
             );
             self.ged.notify_cpu_change();
         }
@@ -382,6 +509,17 @@ impl Vm {
             memory_size: self.memory_size,
             paused: self.vcpus.is_paused(),
             ged_notifications: self.ged.notifications(),
+            pending_insertions: reports
+                .iter()
+                .filter(|r| r.inserting)
+                .map(|r| r.index)
+                .collect(),
+            pending_removals: reports
+                .iter()
+                .filter(|r| r.remove_requested || matches!(r.life, Life::Stopping | Life::Exited))
+                .map(|r| r.index)
+                .collect(),
+            stats: self.vcpus.stats().into(),
             vcpus: reports.iter().map(VcpuInfo::from).collect(),
         }
     }
