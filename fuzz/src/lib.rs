@@ -4,6 +4,8 @@
 
 mod api;
 mod hotplug;
+mod loader;
 
 pub use api::api_request;
 pub use hotplug::hotplug_mmio;
+pub use loader::kernel_image;

@@ -125,3 +125,31 @@ fn api_request_corpus() {
         vmm_fuzz::api_request(&line);
     }
 }
+
+#[test]
+fn kernel_image_corpus() {
+    for (name, data) in corpus("kernel_image") {
+        eprintln!("replaying {name}");
+        vmm_fuzz::kernel_image(&data);
+    }
+    // A valid ELF guest, then truncated and byte-flipped variants of it: the loader must
+    // load the first and refuse or safely load every variant.
+    let elf = vmm::testguest::elf(&vmm::testguest::GuestSpec::spinner());
+    vmm_fuzz::kernel_image(&elf);
+    for cut in (0..elf.len()).step_by(7) {
+        vmm_fuzz::kernel_image(&elf[..cut]);
+    }
+    for (i, noise) in generated(0x5eed_0003, 400, 8).into_iter().enumerate() {
+        let mut img = elf.clone();
+        let at = (i * 131) % img.len();
+        for (k, b) in noise.iter().enumerate() {
+            if let Some(slot) = img.get_mut(at + k) {
+                *slot ^= b | 1;
+            }
+        }
+        vmm_fuzz::kernel_image(&img);
+    }
+    for data in generated(0x5eed_0004, 200, 2048) {
+        vmm_fuzz::kernel_image(&data);
+    }
+}

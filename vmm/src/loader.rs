@@ -72,6 +72,18 @@ pub enum LoaderError {
         /// What went wrong.
         reason: String,
     },
+    /// The image claims to occupy or start outside guest RAM.
+    #[error("kernel {} does not fit in guest memory (entry {entry:#x}, ends at {end:#x}, RAM ends at {ram_end:#x})", path.display())]
+    OutsideRam {
+        /// The file.
+        path: PathBuf,
+        /// The entry point it asked for.
+        entry: u64,
+        /// The end of its loaded segments.
+        end: u64,
+        /// First byte past guest RAM.
+        ram_end: u64,
+    },
     /// The command line is invalid or too long.
     #[error("invalid kernel command line: {0}")]
     Cmdline(linux_loader::cmdline::Error),
@@ -223,6 +235,22 @@ pub fn unpack_bzimage(image: &[u8], limit: usize) -> Result<Option<Vec<u8>>, Str
 /// Loads the kernel at `path` into `mem`: an XZ bzImage as its unpacked vmlinux, another
 /// bzImage at 1 MiB (entered at its 64-bit entry), an ELF at its physical addresses.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, LoaderError> {
+    let kernel = load_kernel_unchecked(mem, path)?;
+    // linux-loader writes only file-backed bytes; an ELF whose segment sizes or entry point
+    // lie outside RAM would otherwise "load" and send the initramfs or the vCPU astray.
+    let ram_end = mem.last_addr().raw_value().saturating_add(1);
+    if kernel.end > ram_end || kernel.entry.raw_value() >= ram_end {
+        return Err(LoaderError::OutsideRam {
+            path: path.to_path_buf(),
+            entry: kernel.entry.raw_value(),
+            end: kernel.end,
+            ram_end,
+        });
+    }
+    Ok(kernel)
+}
+
+fn load_kernel_unchecked(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, LoaderError> {
     let format = probe_kernel(path)?;
     let mut file = open(path, LoaderError::KernelNotFound)?;
     let himem = GuestAddress(HIMEM_START);
