@@ -338,7 +338,9 @@ impl<B: Backend> Vcpus<B> {
                 .fetch_add(1, Ordering::Relaxed);
         }
 
-        // Phase 2: wait all.
+        // Phase 2: wait all. Stragglers are re-kicked after each wait slice (not before the
+        // first one: phase 1 kicked them a moment ago).
+        let mut waited = false;
         loop {
             if shared.epoch.load(Ordering::SeqCst) != epoch {
                 return Err(PauseError::Interrupted);
@@ -354,7 +356,7 @@ impl<B: Backend> Vcpus<B> {
                 log::warn!("{err}");
                 return Err(PauseError::Timeout(err));
             }
-            if rekick == Rekick::Enabled {
+            if rekick == Rekick::Enabled && waited {
                 for &i in &pending {
                     shared.counters.rekicks.fetch_add(1, Ordering::Relaxed);
                     self.kick(i);
@@ -364,6 +366,7 @@ impl<B: Backend> Vcpus<B> {
                 shared.epoch.load(Ordering::SeqCst) != epoch
                     || pending.iter().all(|&i| !self.owes_ack(i, epoch))
             });
+            waited = true;
         }
     }
 
