@@ -12,6 +12,7 @@
 //! `kvm_run`) and exits; the lock is held only for a store and a `pthread_kill`.
 
 use crate::cpuid::{self, Topology};
+use crate::emulation;
 use crate::error::Error;
 use crate::setup;
 use crate::{BackendConfig, BootEntry, ExitHandler, GuestStop};
@@ -19,7 +20,7 @@ use kvm_bindings::{kvm_mp_state, CpuId, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNIN
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::{self, JoinHandle};
 use vcpu_sync::{Backend, Location, Next, VcpuLink};
@@ -108,6 +109,8 @@ struct Inner {
     boot: BootEntry,
     handler: Arc<dyn ExitHandler>,
     slots: Box<[VcpuSlot]>,
+    /// See [`KvmBackend::set_all_vcpus_boot`].
+    all_vcpus_boot: AtomicBool,
 }
 
 /// The KVM implementation of [`vcpu_sync::Backend`]. Create it with
@@ -144,6 +147,7 @@ impl KvmBackend {
                 boot: cfg.boot,
                 handler: cfg.handler,
                 slots,
+                all_vcpus_boot: AtomicBool::new(false),
             }),
         })
     }
@@ -151,6 +155,21 @@ impl KvmBackend {
     /// The `max_vcpus` this backend was configured with.
     pub fn max_vcpus(&self) -> usize {
         self.inner.max_vcpus
+    }
+
+    /// Synthetic guests only (tests, benchmarks): when on, every vCPU created or re-armed
+    /// afterwards starts like the BSP (64-bit mode at the boot entry, runnable) instead of
+    /// waiting for INIT/SIPI, so all of them run guest code without an AP trampoline. All
+    /// share the BSP's boot stack pointer: the guest code must not use the stack. The boot
+    /// page tables are written once, by vCPU 0's setup. Never for a real kernel, which
+    /// starts its APs itself. Off by default.
+    pub fn set_all_vcpus_boot(&self, on: bool) {
+        self.inner.all_vcpus_boot.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether vCPU `index` starts like the BSP (see [`KvmBackend::set_all_vcpus_boot`]).
+    fn boots_like_bsp(&self, index: usize) -> bool {
+        index == 0 || self.inner.all_vcpus_boot.load(Ordering::SeqCst)
     }
 
     fn slot(&self, index: usize) -> Result<&VcpuSlot, Error> {
@@ -202,15 +221,31 @@ impl KvmBackend {
             apic_id: index as u32,
             max_vcpus: inner.max_vcpus as u32,
         };
-        let cpuid = cpuid::for_vcpu(&inner.supported_cpuid, topo, inner.tsc_deadline).map_err(
-            |source| Error::FamList {
-                index,
-                what: "CPUID",
-                source,
-            },
-        )?;
+        let cpuid = cpuid::for_vcpu(
+            &inner.supported_cpuid,
+            topo,
+            inner.tsc_deadline,
+            crate::host::is_kvm_pvm(),
+        )
+        .map_err(|source| Error::FamList {
+            index,
+            what: "CPUID",
+            source,
+        })?;
         vcpu.set_cpuid2(&cpuid)
             .map_err(Error::vcpu(index, "KVM_SET_CPUID2"))?;
+        for e in cpuid.as_slice() {
+            log::trace!(
+                "vCPU {index}: CPUID {:#x}.{:#x} = {:08x} {:08x} {:08x} {:08x} flags {:#x}",
+                e.function,
+                e.index,
+                e.eax,
+                e.ebx,
+                e.ecx,
+                e.edx,
+                e.flags
+            );
+        }
         self.configure_common(vcpu, index)
     }
 
@@ -219,7 +254,7 @@ impl KvmBackend {
         self.configure_common(vcpu, index)?;
         // An AP goes back to waiting for INIT/SIPI, as a fresh one would; the guest's INIT
         // resets the rest of its state.
-        let mp_state = if index == 0 {
+        let mp_state = if self.boots_like_bsp(index) {
             KVM_MP_STATE_RUNNABLE
         } else {
             KVM_MP_STATE_UNINITIALIZED
@@ -234,6 +269,12 @@ impl KvmBackend {
         setup::set_lint(vcpu, index)?;
         if index == 0 {
             setup::setup_bsp(vcpu, index, &self.inner.memory, &self.inner.boot)?;
+        } else if self.boots_like_bsp(index) {
+            setup::setup_long_mode(vcpu, index, &self.inner.boot)?;
+            vcpu.set_mp_state(kvm_mp_state {
+                mp_state: KVM_MP_STATE_RUNNABLE,
+            })
+            .map_err(Error::vcpu(index, "KVM_SET_MP_STATE"))?;
         }
         Ok(())
     }
@@ -314,7 +355,13 @@ fn vcpu_thread(inner: Arc<Inner>, mut vcpu: VcpuFd, link: VcpuLink) {
     log::debug!("vCPU {index}: thread started");
 
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        run_loop(&mut vcpu, &link, inner.handler.as_ref(), ie_ptr)
+        run_loop(
+            &mut vcpu,
+            &link,
+            inner.handler.as_ref(),
+            &inner.memory,
+            ie_ptr,
+        )
     }));
 
     // Retract the kick target before the fd can be dropped (munmap of kvm_run) and before
@@ -343,7 +390,13 @@ fn vcpu_thread(inner: Arc<Inner>, mut vcpu: VcpuFd, link: VcpuLink) {
     }
 }
 
-fn run_loop(vcpu: &mut VcpuFd, link: &VcpuLink, handler: &dyn ExitHandler, ie_ptr: *mut u8) {
+fn run_loop(
+    vcpu: &mut VcpuFd,
+    link: &VcpuLink,
+    handler: &dyn ExitHandler,
+    memory: &GuestMemoryMmap,
+    ie_ptr: *mut u8,
+) {
     let index = link.index();
     // SAFETY: `vcpu` (which owns the kvm_run mapping) outlives this function.
     let immediate_exit = unsafe { immediate_exit(ie_ptr) };
@@ -385,12 +438,10 @@ fn run_loop(vcpu: &mut VcpuFd, link: &VcpuLink, handler: &dyn ExitHandler, ie_pt
                 )));
             }
             Ok(VcpuExit::InternalError) => {
-                // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
-                // active member of the union.
-                let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
-                break Some(GuestStop::Fatal(format!(
-                    "vCPU {index}: KVM_EXIT_INTERNAL_ERROR, suberror {suberror}"
-                )));
+                match emulation::on_internal_error(vcpu, index, memory) {
+                    emulation::Outcome::Resume => {}
+                    emulation::Outcome::Fatal(msg) => break Some(GuestStop::Fatal(msg)),
+                }
             }
             // With the in-kernel irqchip KVM handles HLT itself; these are benign.
             Ok(VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen) => {}

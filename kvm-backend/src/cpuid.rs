@@ -13,6 +13,41 @@ const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 6 EAX: APIC timer always running (no C-state stop), the only bit worth keeping.
 const LEAF6_EAX_ARAT: u32 = 1 << 2;
 
+/// Leaf 1 ECX features an instruction-emulating host (`kvm-pvm`) cannot run in guest ring 0
+/// or that need the XSAVE state Linux could then not manage: FMA (12), CMPXCHG16B (13),
+/// XSAVE (26), OSXSAVE (27), AVX (28), F16C (29).
+const LEAF1_ECX_EMULATOR_HIDDEN: u32 =
+    (1 << 12) | (1 << 13) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 29);
+/// Leaf 7 subleaf 0 EBX: AVX2 (5) and the AVX-512 family (16, 17, 21, 26, 27, 28, 30, 31),
+/// all of which need XSAVE-managed state.
+const LEAF7_EBX_XSAVE_DEPENDENT: u32 = (1 << 5)
+    | (1 << 16)
+    | (1 << 17)
+    | (1 << 21)
+    | (1 << 26)
+    | (1 << 27)
+    | (1 << 28)
+    | (1 << 30)
+    | (1 << 31);
+/// Leaf 7 subleaf 0 ECX: AVX512_VBMI (1), PKU (3), OSPKE (4), AVX512_VBMI2 (6), CET_SS (7),
+/// VAES (9), VPCLMULQDQ (10), AVX512_VNNI (11), AVX512_BITALG (12), AVX512_VPOPCNTDQ (14).
+const LEAF7_ECX_XSAVE_DEPENDENT: u32 = (1 << 1)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 6)
+    | (1 << 7)
+    | (1 << 9)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 12)
+    | (1 << 14);
+/// Leaf 7 subleaf 0 EDX: AVX512_4VNNIW (2), AVX512_4FMAPS (3), AVX512_VP2INTERSECT (8),
+/// CET_IBT (20), AMX_BF16 (22), AVX512_FP16 (23), AMX_TILE (24), AMX_INT8 (25).
+const LEAF7_EDX_XSAVE_DEPENDENT: u32 =
+    (1 << 2) | (1 << 3) | (1 << 8) | (1 << 20) | (1 << 22) | (1 << 23) | (1 << 24) | (1 << 25);
+/// Leaf 7 subleaf 1 EAX: AVX_VNNI (4), AVX512_BF16 (5), AVX_IFMA (23).
+const LEAF7_1_EAX_XSAVE_DEPENDENT: u32 = (1 << 4) | (1 << 5) | (1 << 23);
+
 /// x2APIC topology level types (leaf 0xB/0x1F ECX[15:8]).
 const LEVEL_INVALID: u32 = 0;
 const LEVEL_SMT: u32 = 1;
@@ -41,10 +76,16 @@ impl Topology {
 }
 
 /// Returns `base` (KVM_GET_SUPPORTED_CPUID) adjusted for one vCPU.
+///
+/// With `emulated_kernel` (the host is `kvm-pvm`, see [`crate::host`]) the features whose
+/// instructions that host's emulator cannot execute in guest ring 0 are hidden as well
+/// (see [`hide_for_emulator`]). This is done only there: on hardware KVM these features
+/// work and guests (and their applications) are better off seeing them.
 pub(crate) fn for_vcpu(
     base: &CpuId,
     topo: Topology,
     tsc_deadline: bool,
+    emulated_kernel: bool,
 ) -> Result<CpuId, vmm_sys_util::fam::Error> {
     let mut cpuid = base.clone();
     let max_basic = cpuid
@@ -77,6 +118,10 @@ pub(crate) fn for_vcpu(
         }
     }
 
+    if emulated_kernel {
+        hide_for_emulator(&mut cpuid);
+    }
+
     // Make sure the levels Linux needs exist (KVM may list fewer subleaves).
     if max_basic >= 0xb {
         ensure_levels(&mut cpuid, 0xb, topo)?;
@@ -96,6 +141,36 @@ fn leaf_1(e: &mut kvm_cpuid_entry2, topo: Topology, tsc_deadline: bool) {
     e.ecx |= LEAF1_ECX_HYPERVISOR;
     if tsc_deadline {
         e.ecx |= LEAF1_ECX_TSC_DEADLINE;
+    }
+}
+
+/// Hides what Linux would use through instructions KVM's emulator lacks:
+/// * CMPXCHG16B (SLUB's lockless freelists and `this_cpu_cmpxchg_double`);
+/// * XSAVE and OSXSAVE, so the FPU code uses FXSAVE/FXRSTOR instead of
+///   `xsave*`/`xrstor*`; and with them every feature whose state lives in XSAVE
+///   components (AVX, AVX2, AVX-512, AMX, PKU, CET, ...), which a guest without XSAVE
+///   could not context-switch; leaf 0xD (the XSAVE component list) is emptied.
+///
+/// Linux applies its own feature dependencies only when *it* clears a feature, so the
+/// dependents are cleared here rather than left for the guest to notice.
+fn hide_for_emulator(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice() {
+        match (e.function, e.index) {
+            (1, _) => e.ecx &= !LEAF1_ECX_EMULATOR_HIDDEN,
+            (7, 0) => {
+                e.ebx &= !LEAF7_EBX_XSAVE_DEPENDENT;
+                e.ecx &= !LEAF7_ECX_XSAVE_DEPENDENT;
+                e.edx &= !LEAF7_EDX_XSAVE_DEPENDENT;
+            }
+            (7, 1) => e.eax &= !LEAF7_1_EAX_XSAVE_DEPENDENT,
+            (0xd, _) => {
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = 0;
+                e.edx = 0;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -211,6 +286,7 @@ mod tests {
                 max_vcpus: 6,
             },
             true,
+            false,
         )
         .expect("fits");
         let e = entry(&c, 1, 0);
@@ -230,6 +306,7 @@ mod tests {
                 apic_id: 3,
                 max_vcpus: 6,
             },
+            false,
             false,
         )
         .expect("fits");
@@ -255,6 +332,7 @@ mod tests {
                 max_vcpus: 6,
             },
             false,
+            false,
         )
         .expect("fits");
         let l1 = entry(&c, 4, 0);
@@ -267,6 +345,65 @@ mod tests {
     }
 
     #[test]
+    fn emulated_kernel_hides_cx16_and_xsave_family() {
+        let mut b = base();
+        for e in b.as_mut_slice() {
+            if e.function == 1 {
+                e.ecx = !LEAF1_ECX_HYPERVISOR;
+            }
+        }
+        b.push(kvm_cpuid_entry2 {
+            function: 7,
+            index: 0,
+            ebx: u32::MAX,
+            ecx: u32::MAX,
+            edx: u32::MAX,
+            ..Default::default()
+        })
+        .unwrap();
+        b.push(kvm_cpuid_entry2 {
+            function: 0xd,
+            index: 0,
+            eax: 0x2e7,
+            ebx: 0xa88,
+            ecx: 0xa88,
+            ..Default::default()
+        })
+        .unwrap();
+        let topo = Topology {
+            apic_id: 0,
+            max_vcpus: 2,
+        };
+        let hw = for_vcpu(&b, topo, false, false).expect("fits");
+        assert_ne!(
+            entry(&hw, 1, 0).ecx & (1 << 13),
+            0,
+            "hardware KVM keeps CX16"
+        );
+        assert_eq!(entry(&hw, 0xd, 0).eax, 0x2e7);
+
+        let pvm = for_vcpu(&b, topo, false, true).expect("fits");
+        let l1 = entry(&pvm, 1, 0);
+        for bit in [12, 13, 26, 27, 28, 29] {
+            assert_eq!(l1.ecx & (1 << bit), 0, "leaf 1 ECX bit {bit}");
+        }
+        assert_ne!(l1.ecx & 1, 0, "SSE3 stays");
+        assert_ne!(l1.ecx & LEAF1_ECX_HYPERVISOR, 0);
+        let l7 = entry(&pvm, 7, 0);
+        assert_eq!(l7.ebx & (1 << 5), 0, "AVX2");
+        assert_eq!(l7.ebx & (1 << 16), 0, "AVX512F");
+        assert_ne!(l7.ebx & (1 << 0), 0, "FSGSBASE stays");
+        assert_eq!(l7.ecx & (1 << 3), 0, "PKU");
+        assert_eq!(
+            entry(&pvm, 0xd, 0),
+            kvm_cpuid_entry2 {
+                function: 0xd,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
     fn single_vcpu_topology() {
         let c = for_vcpu(
             &base(),
@@ -274,6 +411,7 @@ mod tests {
                 apic_id: 0,
                 max_vcpus: 1,
             },
+            false,
             false,
         )
         .expect("fits");

@@ -15,7 +15,9 @@
 
 mod backend;
 mod cpuid;
+mod emulation;
 mod error;
+pub mod host;
 pub mod layout;
 mod setup;
 mod vm;

@@ -198,13 +198,23 @@ fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), Error> {
     let mut pd = [0u8; 4096];
     for dir in 0..PDE_COUNT {
         let pd_addr = PDE + dir * 0x1000;
-        write(mem, "PDPT", PDPTE + dir * 8, pd_addr | PTE_PRESENT | PTE_WRITABLE)?;
+        write(
+            mem,
+            "PDPT",
+            PDPTE + dir * 8,
+            pd_addr | PTE_PRESENT | PTE_WRITABLE,
+        )?;
         for (i, chunk) in pd.chunks_exact_mut(8).enumerate() {
-            let entry = (((dir << 9) + i as u64) << 21) | PDE_PAGE_SIZE | PTE_PRESENT | PTE_WRITABLE;
+            let entry =
+                (((dir << 9) + i as u64) << 21) | PDE_PAGE_SIZE | PTE_PRESENT | PTE_WRITABLE;
             chunk.copy_from_slice(&entry.to_le_bytes());
         }
         mem.write_slice(&pd, GuestAddress(pd_addr))
-            .map_err(|source| Error::GuestMemory { what: "page directory", addr: pd_addr, source })?;
+            .map_err(|source| Error::GuestMemory {
+                what: "page directory",
+                addr: pd_addr,
+                source,
+            })?;
     }
     Ok(())
 }
@@ -218,7 +228,12 @@ pub(crate) fn setup_bsp(
     boot: &BootEntry,
 ) -> Result<(), Error> {
     write_boot_tables(mem)?;
+    setup_long_mode(vcpu, index, boot)
+}
 
+/// The register half of [`setup_bsp`]: 64-bit mode on the boot GDT and page tables (which
+/// must already be in guest memory), RIP = `boot.entry`, RSP = the boot stack.
+pub(crate) fn setup_long_mode(vcpu: &VcpuFd, index: usize, boot: &BootEntry) -> Result<(), Error> {
     let mut sregs = vcpu
         .get_sregs()
         .map_err(Error::vcpu(index, "KVM_GET_SREGS"))?;

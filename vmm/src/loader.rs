@@ -26,6 +26,36 @@ const E820_MAX_ENTRIES_ZEROPAGE: usize = 128;
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd pci=off";
 
+/// Added after [`DEFAULT_CMDLINE`] (before the user's part, which can override it) when
+/// `/dev/kvm` is `kvm-pvm` ([`kvm_backend::host::is_kvm_pvm`]), where the guest kernel's
+/// ring-0 code runs through KVM's instruction emulator, slowly and without some
+/// instructions:
+/// * `clearcpuid=`/`noxsave`: the guest may see the host's CPUID directly (not the VMM's
+///   masked one), so Linux itself is told to drop the features whose instructions the
+///   emulator lacks in kernel code: `cmpxchg16b`, `popcnt`, `xsave*`/`xrstor*` (and with
+///   XSAVE every AVX/AVX-512/PKU feature), `rd/wr{fs,gs}base`, `stac`/`clac`, `rdrand`,
+///   `rdseed`, `invpcid`, `rdpid`, and the SSSE3/SSE4/AES/PCLMUL/SHA/GFNI instructions
+///   built-in crypto (blake2s for the RNG) would run inside `kernel_fpu_begin()`;
+/// * `mitigations=off`, `init_on_alloc=0`, `tsc=reliable`, `no_timer_check`,
+///   `cryptomgr.notests`, `initcall_blacklist=`, `rodata=off` and `nowatchdog` skip work
+///   that costs seconds to minutes when emulated (speculation thunks on every indirect
+///   call, zeroing every allocation, clocksource watchdog and timer checks, crypto
+///   self-tests, building tracefs and the trace-event enum maps, the W+X page-table walk
+///   after write-protecting the kernel) and that a test guest does not need; the soft-lockup
+///   watchdog would only report the emulator's slowness.
+///
+/// Even so, an unmodified (non-PVM-aware) kernel cannot run user space there: the first
+/// `syscall` from user mode enters the kernel through the PVM ABI, which runs the kernel
+/// natively at an address only a PVM guest kernel may use, and init dies with SIGSEGV at
+/// `entry_SYSCALL_64`.
+///
+/// None of this is needed, or added, on hardware-assisted KVM.
+pub const KVM_PVM_CMDLINE: &str = "clearcpuid=cx16,popcnt,xsave,fsgsbase,smep,smap,pku,\
+rdrand,rdseed,pcid,invpcid,rdpid,ssse3,sse4_1,sse4_2,aes,pclmulqdq,sha_ni,gfni noxsave \
+mitigations=off init_on_alloc=0 tsc=reliable no_timer_check cryptomgr.notests \
+initcall_blacklist=trace_eval_init,tracer_init_tracefs,init_kprobe_trace,crypto_kdf108_init \
+rodata=off nowatchdog";
+
 /// Why a kernel, initramfs or command line could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
@@ -366,12 +396,23 @@ pub fn load_initramfs(
     Ok(LoadedInitramfs { addr, size })
 }
 
-/// Builds the full command line: the default one, then the user's.
+/// Builds the full command line: the default one, [`KVM_PVM_CMDLINE`] on a `kvm-pvm`
+/// host, then the user's.
 pub fn build_cmdline(extra: Option<&str>) -> Result<Cmdline, LoaderError> {
+    build_cmdline_for(extra, kvm_backend::host::is_kvm_pvm())
+}
+
+/// [`build_cmdline`] with the host kind given.
+pub fn build_cmdline_for(extra: Option<&str>, kvm_pvm: bool) -> Result<Cmdline, LoaderError> {
     let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(LoaderError::Cmdline)?;
     cmdline
         .insert_str(DEFAULT_CMDLINE)
         .map_err(LoaderError::Cmdline)?;
+    if kvm_pvm {
+        cmdline
+            .insert_str(KVM_PVM_CMDLINE)
+            .map_err(LoaderError::Cmdline)?;
+    }
     if let Some(extra) = extra.map(str::trim).filter(|s| !s.is_empty()) {
         cmdline.insert_str(extra).map_err(LoaderError::Cmdline)?;
     }
@@ -532,6 +573,18 @@ mod tests {
         if unpack_bzimage(&image, 1 << 30).unwrap().is_some() {
             assert!(unpack_bzimage(&image, 1 << 20).is_err());
         }
+    }
+
+    #[test]
+    fn pvm_params_only_on_kvm_pvm() {
+        let hw = build_cmdline_for(Some("quiet"), false).unwrap();
+        let hw = hw.as_cstring().unwrap().into_string().unwrap();
+        assert_eq!(hw, format!("{DEFAULT_CMDLINE} quiet"));
+        let pvm = build_cmdline_for(Some("quiet"), true).unwrap();
+        let pvm = pvm.as_cstring().unwrap().into_string().unwrap();
+        assert_eq!(pvm, format!("{DEFAULT_CMDLINE} {KVM_PVM_CMDLINE} quiet"));
+        assert!(!KVM_PVM_CMDLINE.contains("  "));
+        assert!(pvm.contains(" clearcpuid=cx16,popcnt,xsave,"));
     }
 
     #[test]
