@@ -246,12 +246,15 @@ impl KvmBackend {
                 e.flags
             );
         }
-        self.configure_common(vcpu, index)
+        self.configure_common(vcpu, index, true)
     }
 
     /// Re-arms a vCPU that ran before (its CPUID is already set and KVM refuses changes).
+    /// Guest memory is left alone: the guest owns it once booted, and other vCPUs may be
+    /// running on the boot page tables (rewriting them, which zeroes the PML4 and PDPT
+    /// first, made running vCPUs triple-fault when vCPU 0 was re-added).
     fn reset_vcpu(&self, vcpu: &VcpuFd, index: usize) -> Result<(), Error> {
-        self.configure_common(vcpu, index)?;
+        self.configure_common(vcpu, index, false)?;
         // An AP goes back to waiting for INIT/SIPI, as a fresh one would; the guest's INIT
         // resets the rest of its state.
         let mp_state = if self.boots_like_bsp(index) {
@@ -263,11 +266,13 @@ impl KvmBackend {
             .map_err(Error::vcpu(index, "KVM_SET_MP_STATE"))
     }
 
-    fn configure_common(&self, vcpu: &VcpuFd, index: usize) -> Result<(), Error> {
+    /// `first`: the vCPU is being created (vCPU 0 then writes the boot tables into guest
+    /// memory); false when re-arming one that ran before.
+    fn configure_common(&self, vcpu: &VcpuFd, index: usize, first: bool) -> Result<(), Error> {
         setup::set_msrs(vcpu, index)?;
         setup::set_fpu(vcpu, index)?;
         setup::set_lint(vcpu, index)?;
-        if index == 0 {
+        if index == 0 && first {
             setup::setup_bsp(vcpu, index, &self.inner.memory, &self.inner.boot)?;
         } else if self.boots_like_bsp(index) {
             setup::setup_long_mode(vcpu, index, &self.inner.boot)?;
@@ -367,6 +372,7 @@ fn vcpu_thread(inner: Arc<Inner>, mut vcpu: VcpuFd, link: VcpuLink) {
     // Retract the kick target before the fd can be dropped (munmap of kvm_run) and before
     // this thread ends, so no kicker touches freed memory or signals a dead thread.
     *lock(&slot.kick) = None;
+    complete_pending_io(&mut vcpu, index);
     *lock(&slot.idle_fd) = Some(vcpu);
     if let Err(payload) = &outcome {
         // The VM lost a vCPU: tell the VMM as it would hear of a fatal KVM error. The
@@ -388,6 +394,23 @@ fn vcpu_thread(inner: Arc<Inner>, mut vcpu: VcpuFd, link: VcpuLink) {
         // Re-raise so `join` reports it.
         Err(payload) => panic::resume_unwind(payload),
     }
+}
+
+/// Lets KVM finish the instruction behind the last MMIO/PIO exit. A thread that stops right
+/// after servicing an exit leaves without re-entering KVM_RUN, and KVM completes that
+/// instruction (stores the data read, advances RIP) only on the next KVM_RUN: were that the
+/// first run of the re-armed vCPU (hot-add into the same slot), it would overwrite the fresh
+/// boot registers with the old instruction's and resume the old code path. KVM_RUN with
+/// `immediate_exit` completes pending I/O and returns EINTR without entering the guest (the
+/// KVM API's way to make guest state consistent before userspace inspects or changes it).
+/// Called with the kick target retracted, so nobody else writes `immediate_exit`.
+fn complete_pending_io(vcpu: &mut VcpuFd, index: usize) {
+    vcpu.set_kvm_immediate_exit(1);
+    match vcpu.run() {
+        Err(e) if e.errno() == libc::EINTR => {}
+        other => log::warn!("vCPU {index}: completing pending I/O, KVM_RUN gave {other:?}"),
+    }
+    vcpu.set_kvm_immediate_exit(0);
 }
 
 fn run_loop(
