@@ -26,7 +26,6 @@ use proptest::test_runner::{
 };
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 use vcpu_sync::sim::{GuestOp, KickMode, Observed, SimBackend};
@@ -687,81 +686,9 @@ fn report_after_add(v: &Vm, i: usize) -> SlotReport {
 // The VMM thread: every blocking call runs there, with a deadline
 // ---------------------------------------------------------------------------------------
 
-type Job = Box<dyn FnOnce(&Vm, &SimBackend) + Send>;
-
-struct Exec {
-    tx: Option<mpsc::Sender<Job>>,
-    worker: Option<thread::JoinHandle<()>>,
-    stuck: bool,
-}
-
-impl Exec {
-    fn new(vm: Vm, sim: SimBackend) -> Exec {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let worker = thread::Builder::new()
-            .name("vmm".into())
-            .spawn(move || {
-                for job in rx {
-                    job(&vm, &sim);
-                }
-            })
-            .expect("spawn the VMM thread");
-        Exec {
-            tx: Some(tx),
-            worker: Some(worker),
-            stuck: false,
-        }
-    }
-
-    /// Runs `f` on the VMM thread; a call that does not return within `OP_LIMIT` is a
-    /// deadlock (the thread is abandoned, the case fails).
-    fn call<R: Send + 'static>(
-        &mut self,
-        what: &str,
-        f: impl FnOnce(&Vm, &SimBackend) -> R + Send + 'static,
-    ) -> Result<R, String> {
-        if self.stuck {
-            return Err(format!(
-                "{what}: the VMM thread is stuck in an earlier call"
-            ));
-        }
-        let (rtx, rrx) = mpsc::sync_channel(1);
-        let job: Job = Box::new(move |v, s| {
-            let _ = rtx.send(f(v, s));
-        });
-        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
-        if !sent {
-            self.stuck = true;
-            return Err(format!(
-                "{what}: the VMM thread is gone (an earlier call panicked)"
-            ));
-        }
-        match rrx.recv_timeout(OP_LIMIT) {
-            Ok(r) => Ok(r),
-            Err(RecvTimeoutError::Timeout) => {
-                self.stuck = true;
-                Err(format!(
-                    "DEADLOCK: `{what}` did not return within {OP_LIMIT:?}"
-                ))
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                self.stuck = true;
-                Err(format!("`{what}` panicked on the VMM thread"))
-            }
-        }
-    }
-}
-
-impl Drop for Exec {
-    fn drop(&mut self) {
-        self.tx.take();
-        if !self.stuck {
-            if let Some(w) = self.worker.take() {
-                let _ = w.join();
-            }
-        }
-    }
-}
+#[path = "support/exec.rs"]
+mod exec;
+type Exec = exec::Exec<(Vm, SimBackend)>;
 
 // ---------------------------------------------------------------------------------------
 // Harness
@@ -832,7 +759,7 @@ struct Harness {
 impl Harness {
     fn new(case: &Case, bug: Bug) -> Result<Harness, String> {
         let (vm, sim) = SimBackend::create(case.max, case.mode, true);
-        let exec = Exec::new(vm.clone(), sim.clone());
+        let exec = Exec::new((vm.clone(), sim.clone()), OP_LIMIT);
         let mut h = Harness {
             vm,
             sim,
@@ -844,7 +771,7 @@ impl Harness {
         };
         let boot = case.boot;
         h.exec
-            .call("start boot vCPUs", move |v, _| {
+            .call("start boot vCPUs", move |(v, _)| {
                 (0..boot).try_for_each(|i| v.start(i))
             })?
             .map_err(|e| format!("start: {e}"))?;
@@ -967,7 +894,7 @@ impl Harness {
     }
 
     fn pause(&mut self) -> Result<(), String> {
-        let res = self.exec.call("pause", |v, _| v.pause(CORE_TIMEOUT))?;
+        let res = self.exec.call("pause", |(v, _)| v.pause(CORE_TIMEOUT))?;
         self.paused(res)
     }
 
@@ -986,7 +913,7 @@ impl Harness {
 
     /// Resumes; returns the progress snapshot of the pause it ended, if any.
     fn resume_only(&mut self) -> Result<Option<Vec<(u64, u64)>>, String> {
-        let resumed = self.exec.call("resume", |v, _| v.resume())?;
+        let resumed = self.exec.call("resume", |(v, _)| v.resume())?;
         ensure!(
             resumed == self.model.paused,
             "resume() = {resumed}, model paused = {}",
@@ -1042,10 +969,9 @@ impl Harness {
             Access::Read { offset, size } => Outcome::Read(self.read(*offset, *size)),
             Access::Write { offset, data } => {
                 let (offset, data) = (*offset, data.clone());
-                Outcome::Wrote(
-                    self.exec
-                        .call("hotplug_write", move |v, _| v.hotplug_write(offset, &data))?,
-                )
+                Outcome::Wrote(self.exec.call("hotplug_write", move |(v, _)| {
+                    v.hotplug_write(offset, &data)
+                })?)
             }
         };
         if let Outcome::Wrote(WriteEffect::Ejected(_)) = got {
@@ -1138,7 +1064,7 @@ impl Harness {
             // recorded is final.
             let before = self.vm.stats().pauses_overlapping_mmio;
             let in_handler = overlap == Overlap::InHandler;
-            let res = self.exec.call("queue batch + pause", move |v, sim| {
+            let res = self.exec.call("queue batch + pause", move |(v, sim)| {
                 sim.push_ops(i, guest_ops);
                 if in_handler {
                     let end = Instant::now() + Duration::from_millis(5);
@@ -1193,7 +1119,7 @@ impl Harness {
         })?;
         let res = self
             .exec
-            .call("pause (wedged)", |v, _| v.pause(WEDGE_PAUSE))?;
+            .call("pause (wedged)", |(v, _)| v.pause(WEDGE_PAUSE))?;
         let err = match res {
             Err(PauseError::Timeout(t)) => t,
             other => {
@@ -1234,7 +1160,7 @@ impl Harness {
                     .all(|&i| self.vm.report(i).life == Life::Exited)
             })?;
         }
-        let got = self.exec.call("reap", |v, _| v.reap())?;
+        let got = self.exec.call("reap", |(v, _)| v.reap())?;
         if self.mode == KickMode::ImmediateExit {
             ensure!(
                 got == exiting,
@@ -1261,7 +1187,7 @@ impl Harness {
             Op::Resize(n) => {
                 let n = *n;
                 let want = self.model.resize_plan(n);
-                let (got, added) = self.exec.call("resize", move |v, _| {
+                let (got, added) = self.exec.call("resize", move |(v, _)| {
                     let mut added = Vec::new();
                     vmm_resize(v, n, &mut added).map(|r| (r, added))
                 })??;
@@ -1302,7 +1228,7 @@ impl Harness {
             Op::OnVcpu { vcpu, ops, overlap } => self.on_vcpu(*vcpu, ops, *overlap)?,
             Op::HotAdd(i) => {
                 let i = *i;
-                let (got, r) = self.exec.call("hot_add", move |v, _| {
+                let (got, r) = self.exec.call("hot_add", move |(v, _)| {
                     let got = v.hot_add(i);
                     (got, (i < v.max_vcpus()).then(|| report_after_add(v, i)))
                 })?;
@@ -1315,7 +1241,7 @@ impl Harness {
                 let i = *i;
                 let got = self
                     .exec
-                    .call("request_removal", move |v, _| v.request_removal(i))?;
+                    .call("request_removal", move |(v, _)| v.request_removal(i))?;
                 check_expect(
                     "request_removal",
                     i,
@@ -1328,19 +1254,19 @@ impl Harness {
                 let i = *i;
                 let got = self
                     .exec
-                    .call("cancel_removal", move |v, _| v.cancel_removal(i))?;
+                    .call("cancel_removal", move |(v, _)| v.cancel_removal(i))?;
                 check_expect("cancel_removal", i, max, got, self.model.cancel_removal(i))?;
             }
             Op::Stop(i) => {
                 let i = *i;
-                let got = self.exec.call("stop", move |v, _| v.stop(i))?;
+                let got = self.exec.call("stop", move |(v, _)| v.stop(i))?;
                 check_expect("stop", i, max, got, self.model.stop(i))?;
             }
             Op::HotRemove(i) => {
                 let i = *i;
                 let got = self
                     .exec
-                    .call("hot_remove", move |v, _| v.hot_remove(i, CORE_TIMEOUT))?;
+                    .call("hot_remove", move |(v, _)| v.hot_remove(i, CORE_TIMEOUT))?;
                 check_expect("hot_remove", i, max, got, self.model.hot_remove(i))?;
             }
             Op::Reap => self.reap()?,
@@ -1351,9 +1277,9 @@ impl Harness {
 
     fn teardown(&mut self) -> Result<(), String> {
         self.torn_down = true;
-        self.exec.call("teardown resume", |v, _| v.resume())?;
+        self.exec.call("teardown resume", |(v, _)| v.resume())?;
         self.exec
-            .call("shutdown", |v, _| v.shutdown(CORE_TIMEOUT))?
+            .call("shutdown", |(v, _)| v.shutdown(CORE_TIMEOUT))?
             .map_err(|e| format!("shutdown: {e}"))?;
         let rs = self.vm.reports();
         ensure!(
@@ -1371,12 +1297,12 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        if !self.torn_down && !self.exec.stuck {
+        if !self.torn_down && !self.exec.is_stuck() {
             // Best effort after a failure, so failing cases do not leak spinning threads.
             for i in 0..self.model.max() {
                 self.sim.release(i);
             }
-            let _ = self.exec.call("cleanup", |v, _| {
+            let _ = self.exec.call("cleanup", |(v, _)| {
                 v.resume();
                 v.shutdown(CORE_TIMEOUT)
             });

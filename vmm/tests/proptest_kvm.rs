@@ -56,7 +56,6 @@ use common::{guest_slot, kvm_available};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -466,78 +465,9 @@ impl Model {
 // The VMM thread: every blocking call runs there, with a deadline
 // ---------------------------------------------------------------------------------------
 
-type Job = Box<dyn FnOnce(&Vm) + Send>;
-
-struct Exec {
-    tx: Option<mpsc::Sender<Job>>,
-    worker: Option<thread::JoinHandle<()>>,
-    stuck: bool,
-}
-
-impl Exec {
-    fn new(vm: Arc<Vm>) -> Exec {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let worker = thread::Builder::new()
-            .name("vmm".into())
-            .spawn(move || {
-                for job in rx {
-                    job(&vm);
-                }
-            })
-            .expect("spawn the VMM thread");
-        Exec {
-            tx: Some(tx),
-            worker: Some(worker),
-            stuck: false,
-        }
-    }
-
-    /// Runs `f` on the VMM thread; a call that does not return within `OP_LIMIT` is a
-    /// deadlock (the thread is abandoned, the case fails).
-    fn call<R: Send + 'static>(
-        &mut self,
-        what: &str,
-        f: impl FnOnce(&Vm) -> R + Send + 'static,
-    ) -> Result<R, String> {
-        if self.stuck {
-            return Err(format!(
-                "{what}: the VMM thread is stuck in an earlier call"
-            ));
-        }
-        let (rtx, rrx) = mpsc::sync_channel(1);
-        let job: Job = Box::new(move |v| {
-            let _ = rtx.send(f(v));
-        });
-        if self.tx.as_ref().is_none_or(|tx| tx.send(job).is_err()) {
-            self.stuck = true;
-            return Err(format!("{what}: the VMM thread is gone"));
-        }
-        match rrx.recv_timeout(OP_LIMIT) {
-            Ok(r) => Ok(r),
-            Err(RecvTimeoutError::Timeout) => {
-                self.stuck = true;
-                Err(format!(
-                    "DEADLOCK: `{what}` did not return within {OP_LIMIT:?}"
-                ))
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                self.stuck = true;
-                Err(format!("`{what}` panicked on the VMM thread"))
-            }
-        }
-    }
-}
-
-impl Drop for Exec {
-    fn drop(&mut self) {
-        self.tx.take();
-        if !self.stuck {
-            if let Some(w) = self.worker.take() {
-                let _ = w.join();
-            }
-        }
-    }
-}
+#[path = "../../core/tests/support/exec.rs"]
+mod exec;
+type Exec = exec::Exec<Arc<Vm>>;
 
 // ---------------------------------------------------------------------------------------
 // Harness
@@ -619,7 +549,7 @@ impl Harness {
         // Every vCPU (boot and hot-added) starts like the BSP and runs the guest's loop.
         vm.vcpus().backend().set_all_vcpus_boot(true);
         let vm = Arc::new(vm);
-        let exec = Exec::new(vm.clone());
+        let exec = Exec::new(vm.clone(), OP_LIMIT);
         let mut h = Harness {
             vm,
             exec,
@@ -1126,7 +1056,7 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        if !self.torn_down && !self.exec.stuck {
+        if !self.torn_down && !self.exec.is_stuck() {
             // Best effort after a failure: never leave vCPU threads spinning behind.
             let _ = self.exec.call("cleanup", |vm| vm.shutdown());
         }
