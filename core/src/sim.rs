@@ -3,6 +3,11 @@
 //! real threads (unit and property tests) and under loom (model tests), so the models
 //! exercise the exact protocol the VMM uses.
 //!
+//! Under loom an idle guest *halts* (blocks until a kick or new work) instead of spinning:
+//! two threads that spin and yield let loom build arbitrarily long schedules in which a third
+//! never runs, and the spinning multiplies the interleavings to explore. A halted guest is
+//! what KVM does with an idle vCPU anyway (HLT, woken by a kick or an interrupt).
+//!
 //! Kicks follow KVM's semantics: with [`KickMode::ImmediateExit`] a kick sets the vCPU's
 //! `immediate_exit` (the next entry returns at once) and interrupts it if it is in guest
 //! mode. [`KickMode::Lossy`] models a bare signal: a kick that lands outside guest mode is
@@ -12,7 +17,7 @@ use crate::backend::Backend;
 use crate::hotplug::WriteEffect;
 use crate::link::{Next, VcpuLink};
 use crate::slot::Location;
-use crate::sync::{lock, thread, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
+use crate::sync::{fence, lock, thread, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 use crate::vcpus::Vcpus;
 use std::collections::VecDeque;
 use std::fmt;
@@ -69,6 +74,9 @@ struct SimVcpu {
     in_guest: AtomicBool,
     exit_request: AtomicBool,
     has_pending: AtomicBool,
+    /// Loom only: an idle guest waits here (see the module docs).
+    #[cfg(loom)]
+    halt: (Mutex<()>, crate::sync::Condvar),
     pending: Mutex<VecDeque<GuestOp>>,
     wedged: AtomicBool,
     /// Guest-mode ticks executed: guest progress, which must stop while paused.
@@ -116,6 +124,8 @@ impl SimBackend {
                 in_guest: AtomicBool::new(false),
                 exit_request: AtomicBool::new(false),
                 has_pending: AtomicBool::new(false),
+                #[cfg(loom)]
+                halt: (Mutex::new(()), crate::sync::Condvar::new()),
                 pending: Mutex::new(VecDeque::new()),
                 wedged: AtomicBool::new(false),
                 ticks: AtomicU64::new(0),
@@ -160,6 +170,8 @@ impl SimBackend {
         };
         lock(&v.pending).extend(ops);
         v.has_pending.store(true, Ordering::SeqCst);
+        #[cfg(loom)]
+        wake(v);
     }
 
     /// Releases a vCPU stuck in [`GuestOp::Wedge`].
@@ -218,7 +230,11 @@ impl SimBackend {
         }
         let mut budget: Option<u32> = None;
         loop {
-            if v.exit_request.swap(false, Ordering::SeqCst) {
+            // A load, then a store, not a `swap`: loom lets a read-modify-write keep reading
+            // its own thread's last write while a concurrent store from the kicker is never
+            // observed, which it reports as a livelock that hardware cannot exhibit.
+            if v.exit_request.load(Ordering::SeqCst) {
+                v.exit_request.store(false, Ordering::SeqCst);
                 return None; // interrupted by a kick
             }
             match budget {
@@ -227,7 +243,13 @@ impl SimBackend {
                 None => match self.next_op(v) {
                     Some(GuestOp::Run(n)) => budget = Some(n),
                     Some(op) => return Some(op),
-                    None => {}
+                    None => {
+                        #[cfg(loom)]
+                        {
+                            halt(v);
+                            continue;
+                        }
+                    }
                 },
             }
             v.ticks.fetch_add(1, Ordering::SeqCst);
@@ -267,11 +289,16 @@ impl SimBackend {
         loop {
             // Clear before the checkpoint, as the KVM run loop does.
             v.immediate_exit.store(false, Ordering::SeqCst);
+            // Entering and leaving KVM_RUN are full barriers; loom models SeqCst accesses
+            // as acquire/release, so the store->load orders the kick handshake relies on
+            // (here, and around `in_guest`) are made explicit with SeqCst fences.
+            fence(Ordering::SeqCst);
             if link.checkpoint() == Next::Exit {
                 break;
             }
             link.set_location(Location::InGuest);
             v.in_guest.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
             let exit = self.run_guest(v);
             v.in_guest.store(false, Ordering::SeqCst);
             link.set_location(Location::Userspace);
@@ -280,6 +307,24 @@ impl SimBackend {
             }
         }
     }
+}
+
+/// Loom only: an idle guest blocks until kicked or given work (checked under the lock the
+/// waker takes, so no wake-up is lost).
+#[cfg(loom)]
+fn halt(v: &SimVcpu) {
+    let g = lock(&v.halt.0);
+    if !v.exit_request.load(Ordering::SeqCst) && !v.has_pending.load(Ordering::SeqCst) {
+        drop(crate::sync::wait(&v.halt.1, g));
+    }
+}
+
+/// Loom only: wakes a halted guest.
+#[cfg(loom)]
+fn wake(v: &SimVcpu) {
+    let g = lock(&v.halt.0);
+    v.halt.1.notify_all();
+    drop(g);
 }
 
 /// Lets other simulated threads run: a yield under loom, a short sleep on real threads (a
@@ -308,11 +353,16 @@ impl Backend for SimBackend {
         let Some(v) = self.inner.vcpus.get(index) else {
             return;
         };
-        if self.inner.mode == KickMode::ImmediateExit {
+        // Idempotent: a flag already set is not stored again. Same effect, but repeated
+        // re-kicks become pure loads, which cuts the interleavings loom explores ~17x.
+        if self.inner.mode == KickMode::ImmediateExit && !v.immediate_exit.load(Ordering::SeqCst) {
             v.immediate_exit.store(true, Ordering::SeqCst);
         }
-        if v.in_guest.load(Ordering::SeqCst) {
+        fence(Ordering::SeqCst);
+        if v.in_guest.load(Ordering::SeqCst) && !v.exit_request.load(Ordering::SeqCst) {
             v.exit_request.store(true, Ordering::SeqCst);
+            #[cfg(loom)]
+            wake(v);
         }
     }
 
