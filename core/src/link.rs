@@ -62,7 +62,7 @@ impl VcpuLink {
         let shared = &*self.shared;
         let slot = &shared.slots[self.index];
         slot.set_location(Location::Parked);
-        let mut guard = lock(&shared.park_lock);
+        let mut guard = lock(&slot.bell);
         let next = loop {
             if slot.life() == Life::Stopping {
                 break Next::Exit;
@@ -73,12 +73,10 @@ impl VcpuLink {
             }
             if slot.ack.load(Ordering::SeqCst) != epoch {
                 slot.ack.store(epoch, Ordering::SeqCst);
-                // Pausers sleep on `ack_cv` under `ack_lock`; this is the only place a
-                // vCPU takes a second lock, always in the order park_lock -> ack_lock, and
-                // pausers never take park_lock, so no cycle exists.
-                shared.notify_ack();
+                // Waiters of this slot check `ack` under `bell`, which we hold.
+                slot.waiters_cv.notify_all();
             }
-            guard = wait(&shared.park_cv, guard);
+            guard = wait(&slot.parked_cv, guard);
         };
         drop(guard);
         slot.set_location(Location::Userspace);
@@ -111,7 +109,7 @@ impl Drop for VcpuLink {
         let slot = &self.shared.slots[self.index];
         slot.set_location(Location::Exited);
         slot.life.store(Life::Exited as u8, Ordering::SeqCst);
-        self.shared.notify_ack();
+        slot.ring_waiters();
         log::debug!("vCPU {} left its run loop", self.index);
     }
 }

@@ -230,11 +230,8 @@ impl SimBackend {
         }
         let mut budget: Option<u32> = None;
         loop {
-            // A load, then a store, not a `swap`: loom lets a read-modify-write keep reading
-            // its own thread's last write while a concurrent store from the kicker is never
-            // observed, which it reports as a livelock that hardware cannot exhibit.
-            if v.exit_request.load(Ordering::SeqCst) {
-                v.exit_request.store(false, Ordering::SeqCst);
+            // A swap, as every write of the kick flags is (see `kick`).
+            if v.exit_request.swap(false, Ordering::SeqCst) {
                 return None; // interrupted by a kick
             }
             match budget {
@@ -287,11 +284,14 @@ impl SimBackend {
         let index = link.index();
         let v = &self.inner.vcpus[index];
         loop {
-            // Clear before the checkpoint, as the KVM run loop does.
-            v.immediate_exit.store(false, Ordering::SeqCst);
-            // Entering and leaving KVM_RUN are full barriers; loom models SeqCst accesses
-            // as acquire/release, so the store->load orders the kick handshake relies on
-            // (here, and around `in_guest`) are made explicit with SeqCst fences.
+            // Clear before the checkpoint, as the KVM run loop does. A swap, not a store
+            // (see `kick`); when it overwrites a kick's set it also reads it, so the
+            // checkpoint sees the epoch the kicker published before kicking. On x86 a
+            // SeqCst store is an `xchg` anyway.
+            v.immediate_exit.swap(false, Ordering::SeqCst);
+            // Entering and leaving KVM_RUN are full barriers; the store->load orders the
+            // kick handshake relies on (here, and around `in_guest`) are made explicit
+            // with SeqCst fences, which loom models exactly.
             fence(Ordering::SeqCst);
             if link.checkpoint() == Next::Exit {
                 break;
@@ -353,14 +353,21 @@ impl Backend for SimBackend {
         let Some(v) = self.inner.vcpus.get(index) else {
             return;
         };
-        // Idempotent: a flag already set is not stored again. Same effect, but repeated
-        // re-kicks become pure loads, which cuts the interleavings loom explores ~17x.
-        if self.inner.mode == KickMode::ImmediateExit && !v.immediate_exit.load(Ordering::SeqCst) {
-            v.immediate_exit.store(true, Ordering::SeqCst);
+        // As the KVM backend does: always store the flag (skipping the store when a load
+        // says it is already set could act on a stale value: the vCPU's clear may be in
+        // flight, and the kick would be lost), then interrupt the guest if it is in it.
+        //
+        // Every write of a flag that two threads write is a read-modify-write. Hardware
+        // orders all writes to one location; loom orders two plain stores from different
+        // threads only if one thread saw the other's, and would let the vCPU keep reading
+        // its own old "clear" after the kicker's "set" (a lost kick no machine exhibits).
+        // A chain of RMWs, each reading the latest value, is totally ordered in loom too.
+        if self.inner.mode == KickMode::ImmediateExit {
+            v.immediate_exit.swap(true, Ordering::SeqCst);
         }
         fence(Ordering::SeqCst);
-        if v.in_guest.load(Ordering::SeqCst) && !v.exit_request.load(Ordering::SeqCst) {
-            v.exit_request.store(true, Ordering::SeqCst);
+        if v.in_guest.load(Ordering::SeqCst) {
+            v.exit_request.swap(true, Ordering::SeqCst);
             #[cfg(loom)]
             wake(v);
         }

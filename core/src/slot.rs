@@ -1,7 +1,7 @@
 //! One vCPU slot: its lifecycle, the guest-visible hotplug bits, and the atomics of the
 //! kick/acknowledge handshake. Slots are allocated once and never move (DESIGN rule 1).
 
-use crate::sync::{AtomicU64, AtomicU8, Ordering};
+use crate::sync::{lock, AtomicU64, AtomicU8, Condvar, Mutex, Ordering};
 use std::fmt;
 
 /// Lifecycle of a slot. Only the transitions documented on [`crate::Vcpus`] happen.
@@ -95,7 +95,12 @@ pub const STATUS_EJECT: u8 = 1 << 3;
 /// from the guest is honoured. It survives the guest clearing `removing` during its scan.
 pub(crate) const FLAG_REMOVE_REQUESTED: u8 = 1 << 7;
 
-/// Per-slot state. Every field is an atomic: no lock is needed to read or change a slot.
+/// Per-slot state. The state itself is atomics: no lock is needed to read or change a
+/// slot. The slot's `bell` lock exists only so that sleepers on its two condvars cannot
+/// miss a wake-up (a sleeper checks the atomics under it; a waker changes the atomics,
+/// then notifies under it). It is held for a check or a notify, never across anything
+/// that blocks, and nobody holds two slots' bells: a wake-up concerns one slot, so the
+/// vCPUs never contend with each other and no lock order exists to get wrong.
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub(crate) life: AtomicU8,
@@ -104,6 +109,13 @@ pub(crate) struct Slot {
     pub(crate) ack: AtomicU64,
     pub(crate) location: AtomicU8,
     pub(crate) kicks: AtomicU64,
+    pub(crate) bell: Mutex<()>,
+    /// The vCPU thread sleeps here while paused; resume and stop ring it.
+    pub(crate) parked_cv: Condvar,
+    /// Pausers and stoppers waiting for this vCPU sleep here (in bounded slices); its
+    /// acknowledgement and its thread's exit ring it, and so does a resume (which may
+    /// cancel the pause they wait for).
+    pub(crate) waiters_cv: Condvar,
 }
 
 impl Slot {
@@ -114,7 +126,24 @@ impl Slot {
             ack: AtomicU64::new(0),
             location: AtomicU8::new(Location::NotStarted as u8),
             kicks: AtomicU64::new(0),
+            bell: Mutex::new(()),
+            parked_cv: Condvar::new(),
+            waiters_cv: Condvar::new(),
         }
+    }
+
+    /// Wakes the vCPU thread if it is parked (after the epoch or `life` changed).
+    pub(crate) fn ring_parked(&self) {
+        let guard = lock(&self.bell);
+        self.parked_cv.notify_all();
+        drop(guard);
+    }
+
+    /// Wakes whoever waits for this vCPU (after its ack, its `life` or the epoch changed).
+    pub(crate) fn ring_waiters(&self) {
+        let guard = lock(&self.bell);
+        self.waiters_cv.notify_all();
+        drop(guard);
     }
 
     pub(crate) fn life(&self) -> Life {

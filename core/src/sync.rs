@@ -2,8 +2,10 @@
 //!
 //! Under `--cfg loom` every primitive is loom's model, so the exact code that runs in the
 //! VMM is the code loom explores. Time does not exist under loom: a [`Deadline`] never
-//! passes there (loom reports a hang as a deadlock or as exceeding its branch budget), and
-//! a timed wait is a yield, which models "the timeout may fire at any moment".
+//! passes there (loom reports a hang as a deadlock or as exceeding its branch budget).
+//! A timed wait ([`wait_slice`]) either times out (a yield: the timeout may fire at any
+//! moment) or blocks until notified; how many timeouts one execution may see is the
+//! model's choice ([`model_time`]).
 
 #[cfg(loom)]
 pub use loom::sync::atomic::{
@@ -37,24 +39,48 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Sleeps until `cv` is notified, `slice` has passed, or `done()` holds. `done` is checked
 /// under `m`, so a notifier that changes state and then notifies under `m` is never missed.
-/// Under loom this is a yield: the timed wake-up may happen at any point, which is exactly
-/// the freedom the real timeout gives the scheduler.
-pub fn wait_slice(m: &Mutex<()>, cv: &Condvar, slice: Duration, done: impl Fn() -> bool) {
+///
+/// Under loom, while the execution's timeout budget lasts ([`model_time`]) the slice
+/// times out: a yield, so the wake-up may come at any point, which is the freedom the
+/// real timeout gives the scheduler. Once it is spent the wait blocks until notified, so
+/// a waiter never spins: loom has no fair scheduler, and two threads that keep timing out
+/// and yielding to each other would build endless schedules that starve everybody else.
+///
+/// Returns whether the slice timed out (ended with no notification and `done()` false).
+pub fn wait_slice(m: &Mutex<()>, cv: &Condvar, slice: Duration, done: impl Fn() -> bool) -> bool {
+    let guard = lock(m);
+    if done() {
+        return false;
+    }
     #[cfg(loom)]
     {
-        let _ = (m, cv, slice);
-        if !done() {
+        let _ = slice;
+        if model_time::take_timeout() {
+            drop(guard);
             thread::yield_now();
+            return true;
         }
+        drop(wait(cv, guard));
+        false
     }
     #[cfg(not(loom))]
     {
-        let guard = lock(m);
-        if done() {
-            return;
+        match cv.wait_timeout(guard, slice) {
+            Ok((guard, r)) => r.timed_out() && !done_then_drop(guard, &done),
+            Err(poisoned) => {
+                let (guard, r) = poisoned.into_inner();
+                r.timed_out() && !done_then_drop(guard, &done)
+            }
         }
-        drop(cv.wait_timeout(guard, slice));
     }
+}
+
+/// Evaluates `done` while still holding the guard of the wait that just ended.
+#[cfg(not(loom))]
+fn done_then_drop<T>(guard: MutexGuard<'_, T>, done: &impl Fn() -> bool) -> bool {
+    let d = done();
+    drop(guard);
+    d
 }
 
 /// Waits on `cv` until notified (no timeout).
@@ -98,5 +124,41 @@ impl Deadline {
         {
             self.at.is_some_and(|at| std::time::Instant::now() >= at)
         }
+    }
+}
+
+/// Loom only: how many of the timed waits of one execution time out.
+///
+/// Time is the environment, not state of the model, so the budget is not a loom object
+/// (it adds no interleavings). It is kept per OS thread: loom runs every thread of one
+/// model on the thread that called it, so parallel test threads do not share budgets. A
+/// model sets it at the start of every execution; the default is unlimited, which is the
+/// plain "every timed wait may time out" model (waits then never block, so only models
+/// whose waiters cannot starve each other stay within loom's branch budget).
+#[cfg(loom)]
+pub mod model_time {
+    use std::cell::Cell;
+
+    thread_local! {
+        static LEFT: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// Sets the budget for the execution about to run: `Some(n)`: the first `n` timed
+    /// waits that find nothing to do time out, later ones block until notified; `None`:
+    /// every timed wait times out.
+    pub fn set_timeouts(budget: Option<usize>) {
+        LEFT.with(|l| l.set(budget));
+    }
+
+    /// Spends one timeout, if any is left.
+    pub(crate) fn take_timeout() -> bool {
+        LEFT.with(|l| match l.get() {
+            None => true,
+            Some(0) => false,
+            Some(n) => {
+                l.set(Some(n - 1));
+                true
+            }
+        })
     }
 }

@@ -202,7 +202,7 @@ impl<B: Backend> Vcpus<B> {
             return Ok(false);
         }
         slot.flags.store(0, Ordering::SeqCst);
-        shared.notify_park();
+        slot.ring_parked();
         self.kick(index);
         Ok(true)
     }
@@ -235,7 +235,7 @@ impl<B: Backend> Vcpus<B> {
                 return Err(CoreError::StopTimeout(self.report(index)));
             }
             self.kick(index);
-            wait_slice(&shared.ack_lock, &shared.ack_cv, REKICK_INTERVAL, || {
+            wait_slice(&slot.bell, &slot.waiters_cv, REKICK_INTERVAL, || {
                 slot.life() != Life::Stopping
             });
         }
@@ -288,8 +288,9 @@ impl<B: Backend> Vcpus<B> {
                 return Err(CoreError::StopTimeout(self.report(i)));
             }
             self.kick(i);
-            wait_slice(&shared.ack_lock, &shared.ack_cv, REKICK_INTERVAL, || {
-                shared.slots[i].life() == Life::Exited
+            let slot = &shared.slots[i];
+            wait_slice(&slot.bell, &slot.waiters_cv, REKICK_INTERVAL, || {
+                slot.life() == Life::Exited
             });
         }
     }
@@ -338,35 +339,37 @@ impl<B: Backend> Vcpus<B> {
                 .fetch_add(1, Ordering::Relaxed);
         }
 
-        // Phase 2: wait all. Stragglers are re-kicked after each wait slice (not before the
-        // first one: phase 1 kicked them a moment ago).
-        let mut waited = false;
+        // Phase 2: wait all, one straggler at a time (each sleep is on that vCPU's own
+        // bell: every vCPU was kicked in phase 1, so waiting for them in turn costs no more
+        // than waiting for the slowest). Stragglers are re-kicked after a slice that timed
+        // out, not before the first one: phase 1 kicked them a moment ago.
         loop {
             if shared.epoch.load(Ordering::SeqCst) != epoch {
                 return Err(PauseError::Interrupted);
             }
             let pending: Vec<usize> = (0..n).filter(|&i| self.owes_ack(i, epoch)).collect();
-            if pending.is_empty() {
+            let Some(&first) = pending.first() else {
                 shared.counters.pauses.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
-            }
+            };
             if deadline.passed() {
                 let missing = pending.iter().map(|&i| self.report(i)).collect();
                 let err = PauseTimeout { missing };
                 log::warn!("{err}");
                 return Err(PauseError::Timeout(err));
             }
-            if rekick == Rekick::Enabled && waited {
+            let slot = &shared.slots[first];
+            let timed_out = wait_slice(&slot.bell, &slot.waiters_cv, REKICK_INTERVAL, || {
+                shared.epoch.load(Ordering::SeqCst) != epoch || !self.owes_ack(first, epoch)
+            });
+            if rekick == Rekick::Enabled && timed_out {
                 for &i in &pending {
-                    shared.counters.rekicks.fetch_add(1, Ordering::Relaxed);
-                    self.kick(i);
+                    if self.owes_ack(i, epoch) {
+                        shared.counters.rekicks.fetch_add(1, Ordering::Relaxed);
+                        self.kick(i);
+                    }
                 }
             }
-            wait_slice(&shared.ack_lock, &shared.ack_cv, REKICK_INTERVAL, || {
-                shared.epoch.load(Ordering::SeqCst) != epoch
-                    || pending.iter().all(|&i| !self.owes_ack(i, epoch))
-            });
-            waited = true;
         }
     }
 
@@ -389,7 +392,6 @@ impl<B: Backend> Vcpus<B> {
     /// nothing) if the VM was not paused.
     pub fn resume(&self) -> bool {
         let shared = &*self.inner.shared;
-        let guard = lock(&shared.park_lock);
         let mut cur = shared.epoch.load(Ordering::SeqCst);
         let resumed = loop {
             if cur & 1 == 0 {
@@ -404,12 +406,12 @@ impl<B: Backend> Vcpus<B> {
             }
         };
         if resumed {
-            shared.park_cv.notify_all();
-        }
-        drop(guard);
-        if resumed {
-            // A pauser still waiting for this epoch learns it was cancelled.
-            shared.notify_ack();
+            // Parked vCPUs run again; a pauser still waiting for this epoch learns it was
+            // cancelled. One slot's bell at a time.
+            for slot in shared.slots.iter() {
+                slot.ring_parked();
+                slot.ring_waiters();
+            }
         }
         resumed
     }

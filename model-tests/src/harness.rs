@@ -28,6 +28,12 @@ pub const CONTROL_MAX_BRANCHES: usize = 1_000;
 /// A generous timeout for the core's bounded waits. Under loom a deadline never passes.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Timed waits (pause's re-kick slices, stop's wait) that may time out in one execution
+/// before waits block until notified (`vcpu_sync::sync::model_time`). Two lets every model
+/// explore a re-kick round racing the acknowledgements, and a pauser timing out while
+/// another pauser or a stopper waits too.
+pub const DEFAULT_TIMEOUTS: usize = 2;
+
 /// One model: its name, its thread budget and its exploration bounds.
 #[derive(Clone, Debug)]
 pub struct Model {
@@ -41,6 +47,8 @@ pub struct Model {
     pub max_branches: usize,
     /// Explore only inside [`explore_from_here`] .. [`explore_until_here`].
     pub window: bool,
+    /// Timed waits that may time out per execution (`None`: all of them).
+    pub timeouts: Option<usize>,
 }
 
 /// What a finished model run measured.
@@ -86,6 +94,25 @@ fn bound_override() -> Option<Option<usize>> {
     }
 }
 
+fn timeouts_override() -> Option<Option<usize>> {
+    let v = std::env::var("MODEL_TIMEOUTS").ok()?;
+    let v = v.trim();
+    if v.eq_ignore_ascii_case("none") {
+        return Some(None);
+    }
+    match v.parse() {
+        Ok(n) => Some(Some(n)),
+        Err(_) => panic!("MODEL_TIMEOUTS must be a number or `none`, got {v:?}"),
+    }
+}
+
+fn fmt_timeouts(t: Option<usize>) -> String {
+    match t {
+        Some(n) => n.to_string(),
+        None => "unlimited".to_string(),
+    }
+}
+
 fn fmt_bound(b: Option<usize>) -> String {
     match b {
         Some(n) => n.to_string(),
@@ -106,6 +133,7 @@ impl Model {
             preemption_bound: None,
             max_branches: DEFAULT_MAX_BRANCHES,
             window: false,
+            timeouts: timeouts_override().unwrap_or(Some(DEFAULT_TIMEOUTS)),
         }
     }
 
@@ -134,6 +162,20 @@ impl Model {
         self
     }
 
+    /// Sets how many timed waits may time out per execution (`MODEL_TIMEOUTS` overrides).
+    pub fn timeouts(mut self, n: usize) -> Model {
+        self.timeouts = timeouts_override().unwrap_or(Some(n));
+        self
+    }
+
+    /// Lets every timed wait time out (waits never block): for models whose progress
+    /// depends on a timeout firing again and again (a kick that can be lost). Fixed: no
+    /// environment variable changes it.
+    pub fn unlimited_timeouts(mut self) -> Model {
+        self.timeouts = None;
+        self
+    }
+
     /// Sets the branch budget.
     pub fn max_branches(mut self, n: usize) -> Model {
         self.max_branches = n;
@@ -151,17 +193,18 @@ impl Model {
         b.checkpoint_file = None;
         b.checkpoint_interval = 100_000;
         b.expect_explicit_explore = self.window && windows_enabled();
-        b.location = false;
+        b.location = std::env::var("MODEL_LOCATIONS").is_ok();
         b.log = false;
         b
     }
 
     fn header(&self) -> String {
         format!(
-            "model {:<34} threads={} (incl. main)  preemption_bound={}  max_branches={}  explored={}",
+            "model {:<34} threads={} (incl. main)  preemption_bound={}  timeouts={}  max_branches={}  explored={}",
             self.name,
             self.threads,
             fmt_bound(self.preemption_bound),
+            fmt_timeouts(self.timeouts),
             self.max_branches,
             self.scope()
         )
@@ -175,14 +218,16 @@ impl Model {
         }
     }
 
-    fn counted<F>(f: F) -> (Arc<AtomicUsize>, impl Fn() + Sync + Send + 'static)
+    fn counted<F>(&self, f: F) -> (Arc<AtomicUsize>, impl Fn() + Sync + Send + 'static)
     where
         F: Fn() + Sync + Send + 'static,
     {
         let count = Arc::new(AtomicUsize::new(0));
         let c = count.clone();
+        let timeouts = self.timeouts;
         (count, move || {
             c.fetch_add(1, Ordering::Relaxed);
+            vcpu_sync::sync::model_time::set_timeouts(timeouts);
             f();
         })
     }
@@ -193,7 +238,7 @@ impl Model {
         F: Fn() + Sync + Send + 'static,
     {
         println!("{} ...", self.header());
-        let (count, f) = Self::counted(f);
+        let (count, f) = self.counted(f);
         let start = Instant::now();
         self.builder().check(f);
         let out = Outcome {
@@ -201,10 +246,11 @@ impl Model {
             elapsed: start.elapsed(),
         };
         println!(
-            "RESULT {:<34} threads={} bound={} explored={} interleavings={} time={:.2}s PASS",
+            "RESULT {:<34} threads={} bound={} timeouts={} explored={} interleavings={} time={:.2}s PASS",
             self.name,
             self.threads,
             fmt_bound(self.preemption_bound),
+            fmt_timeouts(self.timeouts),
             self.scope(),
             out.interleavings,
             out.elapsed.as_secs_f64()
@@ -268,7 +314,7 @@ impl Model {
             "{} ... (negative control: loom must report a failure)",
             self.header()
         );
-        let (count, f) = Self::counted(f);
+        let (count, f) = self.counted(f);
         // Capture the first panic's message and location; silence the default hook's
         // output (loom's report is printed below, once; the unwinding of the abandoned
         // threads that follows it panics too, with no useful message).
@@ -311,10 +357,11 @@ impl Model {
         );
         println!("  loom reported: {}", shorten(&msg.replace('\n', " "), 600));
         println!(
-            "RESULT {:<34} threads={} bound={} explored={} interleavings={} time={:.2}s EXPECTED-FAIL (loom failed at interleaving {n})",
+            "RESULT {:<34} threads={} bound={} timeouts={} explored={} interleavings={} time={:.2}s EXPECTED-FAIL (loom failed at interleaving {n})",
             self.name,
             self.threads,
             fmt_bound(self.preemption_bound),
+            fmt_timeouts(self.timeouts),
             self.scope(),
             n,
             elapsed.as_secs_f64()

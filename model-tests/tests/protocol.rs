@@ -98,7 +98,7 @@ fn pause_vs_eject() {
 #[test]
 fn m4a_pause_while_hot_removed_by_eject() {
     Model::new("m4a_pause_vs_eject", 3)
-        .bounded(1, Some(2))
+        .bounded(2, Some(3))
         .check(pause_vs_eject);
 }
 
@@ -123,8 +123,46 @@ fn pause_vs_hot_add() {
 #[test]
 fn m4b_pause_while_hot_added() {
     Model::new("m4b_pause_vs_hot_add", 4)
-        .bounded(1, Some(2))
+        .bounded(2, Some(3))
         .check(pause_vs_hot_add);
+}
+
+/// Model 5a: two threads pause at once, while the vCPU starts. Both must return Ok with
+/// every vCPU acknowledged (the second joins the pause in force); one resume ends the
+/// pause, a second resume finds nothing to end, and the VM pauses again cleanly.
+fn two_pausers() {
+    let (vcpus, sim) = SimBackend::create(1, KickMode::ImmediateExit, false);
+    vcpus.start(0).expect("start");
+    let other = {
+        let vcpus = vcpus.clone();
+        thread::spawn(move || {
+            let r = vcpus.pause(TIMEOUT);
+            // Checked by the pauser itself, at the instant it returns.
+            if r.is_ok() {
+                assert_all_paused(&vcpus);
+            }
+            r
+        })
+    };
+    vcpus.pause(TIMEOUT).expect("pause (main thread)");
+    assert_all_paused(&vcpus);
+    other
+        .join()
+        .expect("second pauser")
+        .expect("pause (second thread)");
+    assert!(vcpus.is_paused());
+    assert!(vcpus.resume(), "resume found no pause in force");
+    assert!(!vcpus.resume(), "a second resume found a pause in force");
+    vcpus.pause(TIMEOUT).expect("pause after resume");
+    assert_all_paused(&vcpus);
+    teardown(&vcpus, &sim);
+}
+
+#[test]
+fn m5a_two_concurrent_pausers() {
+    Model::new("m5a_two_pausers", 3)
+        .bounded(3, None)
+        .check(two_pausers);
 }
 
 /// Model 5b: a resume races a pause: the pause either completes or is interrupted, never
@@ -155,7 +193,8 @@ fn m5b_pause_racing_resume() {
 }
 
 /// Control (c): the real core with a kick that can be lost (a bare signal that lands
-/// outside guest mode). With re-kicking the pause completes in every interleaving.
+/// outside guest mode). With re-kicking the pause completes in every interleaving. Every
+/// timed wait may time out here: recovering from lost kicks is what the timeouts are for.
 fn lossy_pause(rekick: Rekick) -> impl Fn() + Send + Sync + 'static {
     move || {
         let (vcpus, sim) = SimBackend::create(1, KickMode::Lossy, false);
@@ -170,6 +209,7 @@ fn lossy_pause(rekick: Rekick) -> impl Fn() + Send + Sync + 'static {
 fn c6c_lossy_kick_with_rekick_passes() {
     Model::new("c6c_lossy_kick/rekick", 2)
         .bounded(3, None)
+        .unlimited_timeouts()
         .check(lossy_pause(Rekick::Enabled));
 }
 
@@ -177,6 +217,7 @@ fn c6c_lossy_kick_with_rekick_passes() {
 fn c6c_lossy_kick_without_rekick_is_reported() {
     Model::new("c6c_lossy_kick/no_rekick", 2)
         .fixed_bound(Some(3))
+        .unlimited_timeouts()
         .max_branches(model_tests::harness::CONTROL_MAX_BRANCHES)
         .check_fails(
             "c6c_lossy_kick_without_rekick_is_reported",
