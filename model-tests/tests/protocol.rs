@@ -1,7 +1,7 @@
 //! Models 3-5 and the re-kick control: the real core over simulated vCPUs, with a vCPU
 //! inside the hotplug MMIO handler, with ejects and hot-adds racing a pause, and with a
-//! resume racing a pause. Bounded (2 preemptions in CI; `MODEL_DEEP=1`
-//! or `MODEL_PREEMPTION_BOUND=n|none` goes deeper).
+//! resume racing a pause, and two pausers at once. Bounded (2-3 preemptions in CI;
+//! `MODEL_DEEP=1` or `MODEL_PREEMPTION_BOUND=n|none` goes deeper; see README.md).
 #![cfg(loom)]
 
 use loom::thread;
