@@ -162,3 +162,41 @@ pub mod model_time {
         })
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn wait_slice_reports_a_timeout_only_when_nothing_happened() {
+        let m = Mutex::new(());
+        let cv = Condvar::new();
+        let slice = Duration::from_millis(5);
+        assert!(wait_slice(&m, &cv, slice, || false), "nothing happened");
+        assert!(!wait_slice(&m, &cv, slice, || true), "already done");
+    }
+
+    #[test]
+    fn wait_slice_wakes_on_notification_without_timing_out() {
+        let shared = Arc::new((Mutex::new(()), Condvar::new(), AtomicBool::new(false)));
+        let s = shared.clone();
+        let waker = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            s.2.store(true, Ordering::SeqCst);
+            let g = lock(&s.0);
+            s.1.notify_all();
+            drop(g);
+        });
+        let start = std::time::Instant::now();
+        let mut timed_out = false;
+        while !shared.2.load(Ordering::SeqCst) {
+            timed_out = wait_slice(&shared.0, &shared.1, Duration::from_secs(30), || {
+                shared.2.load(Ordering::SeqCst)
+            });
+        }
+        assert!(!timed_out, "a notified wait reported a timeout");
+        assert!(start.elapsed() < Duration::from_secs(30));
+        waker.join().expect("waker");
+    }
+}
