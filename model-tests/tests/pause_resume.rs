@@ -90,7 +90,7 @@ fn m1_pause_resume_2vcpu() {
 fn m2_pause_resume_3vcpu() {
     Model::new("m2_pause_resume_3vcpu", 4)
         .windowed()
-        .bounded(2, Some(3))
+        .bounded(3, Some(4))
         .check(|| pause_resume(3, BOTH));
 }
 

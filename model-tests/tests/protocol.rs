@@ -130,9 +130,11 @@ fn m4b_pause_while_hot_added() {
 /// Model 5a: two threads pause at once, while the vCPU starts. Both must return Ok with
 /// every vCPU acknowledged (the second joins the pause in force); one resume ends the
 /// pause, a second resume finds nothing to end, and the VM pauses again cleanly.
-fn two_pausers() {
-    let (vcpus, sim) = SimBackend::create(1, KickMode::ImmediateExit, false);
-    vcpus.start(0).expect("start");
+fn two_pausers(n: usize) {
+    let (vcpus, sim) = SimBackend::create(n, KickMode::ImmediateExit, false);
+    for i in 0..n {
+        vcpus.start(i).expect("start");
+    }
     let other = {
         let vcpus = vcpus.clone();
         thread::spawn(move || {
@@ -162,7 +164,14 @@ fn two_pausers() {
 fn m5a_two_concurrent_pausers() {
     Model::new("m5a_two_pausers", 3)
         .bounded(3, None)
-        .check(two_pausers);
+        .check(|| two_pausers(1));
+}
+
+#[test]
+fn m5a_two_concurrent_pausers_2vcpu() {
+    Model::new("m5a_two_pausers_2vcpu", 4)
+        .bounded(2, Some(3))
+        .check(|| two_pausers(2));
 }
 
 /// Model 5b: a resume races a pause: the pause either completes or is interrupted, never
