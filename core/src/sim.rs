@@ -55,6 +55,27 @@ pub enum GuestOp {
     Wedge,
 }
 
+impl GuestOp {
+    /// Select CPU `cpu` in the hotplug controller (write of the select register).
+    pub fn select(cpu: u32) -> GuestOp {
+        GuestOp::MmioWrite {
+            offset: crate::hotplug::REG_SELECT,
+            data: cpu.to_le_bytes().to_vec(),
+        }
+    }
+
+    /// What the guest's `_EJ0` for CPU `cpu` does: select it, then write the eject bit.
+    pub fn eject(cpu: u32) -> [GuestOp; 2] {
+        [
+            GuestOp::select(cpu),
+            GuestOp::MmioWrite {
+                offset: crate::hotplug::REG_STATUS,
+                data: vec![crate::slot::STATUS_EJECT],
+            },
+        ]
+    }
+}
+
 /// What a simulated vCPU observed, for tests to check against a model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observed {

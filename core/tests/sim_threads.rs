@@ -28,13 +28,6 @@ fn teardown(vcpus: &Vcpus<SimBackend>, sim: &SimBackend) {
     sim.detach();
 }
 
-fn select(i: u32) -> GuestOp {
-    GuestOp::MmioWrite {
-        offset: REG_SELECT,
-        data: i.to_le_bytes().to_vec(),
-    }
-}
-
 fn status() -> GuestOp {
     GuestOp::MmioRead {
         offset: REG_STATUS,
@@ -116,7 +109,7 @@ fn pause_succeeds_while_vcpus_hammer_the_hotplug_controller() {
                         sim.push_ops(
                             i,
                             [
-                                select(n % 5),
+                                GuestOp::select(n % 5),
                                 status(),
                                 GuestOp::MmioRead { offset: 0, size: 4 },
                             ],
@@ -331,16 +324,7 @@ fn hotplug_register_semantics() {
 fn guest_can_eject_through_a_vcpu_while_a_pause_runs() {
     let (vcpus, sim) = vm(3, 3, KickMode::Lossy);
     vcpus.request_removal(2).expect("request removal");
-    sim.push_ops(
-        0,
-        [
-            select(2),
-            GuestOp::MmioWrite {
-                offset: REG_STATUS,
-                data: vec![STATUS_EJECT],
-            },
-        ],
-    );
+    sim.push_ops(0, GuestOp::eject(2));
     vcpus.pause(T).expect("pause");
     assert!(vcpus.resume());
     wait_until("ejected", || {
@@ -357,26 +341,8 @@ fn vcpus_ejecting_each_other_do_not_deadlock() {
     vcpus.request_removal(0).expect("removal 0");
     vcpus.request_removal(1).expect("removal 1");
     // Both vCPUs service an eject of the other at the same time; neither waits.
-    sim.push_ops(
-        0,
-        [
-            select(1),
-            GuestOp::MmioWrite {
-                offset: REG_STATUS,
-                data: vec![STATUS_EJECT],
-            },
-        ],
-    );
-    sim.push_ops(
-        1,
-        [
-            select(0),
-            GuestOp::MmioWrite {
-                offset: REG_STATUS,
-                data: vec![STATUS_EJECT],
-            },
-        ],
-    );
+    sim.push_ops(0, GuestOp::eject(1));
+    sim.push_ops(1, GuestOp::eject(0));
     wait_until("at least one ejected", || {
         vcpus.reports().iter().any(|r| r.life != Life::Active)
     });

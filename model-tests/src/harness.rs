@@ -82,28 +82,25 @@ fn deep() -> bool {
     std::env::var("MODEL_DEEP").is_ok_and(|v| v != "0" && !v.is_empty())
 }
 
-fn bound_override() -> Option<Option<usize>> {
-    let v = std::env::var("MODEL_PREEMPTION_BOUND").ok()?;
+/// `<n>` or `none` from environment variable `name`, if set (`none`: no limit).
+fn env_limit(name: &str) -> Option<Option<usize>> {
+    let v = std::env::var(name).ok()?;
     let v = v.trim();
     if v.eq_ignore_ascii_case("none") {
         return Some(None);
     }
     match v.parse() {
         Ok(n) => Some(Some(n)),
-        Err(_) => panic!("MODEL_PREEMPTION_BOUND must be a number or `none`, got {v:?}"),
+        Err(_) => panic!("{name} must be a number or `none`, got {v:?}"),
     }
 }
 
+fn bound_override() -> Option<Option<usize>> {
+    env_limit("MODEL_PREEMPTION_BOUND")
+}
+
 fn timeouts_override() -> Option<Option<usize>> {
-    let v = std::env::var("MODEL_TIMEOUTS").ok()?;
-    let v = v.trim();
-    if v.eq_ignore_ascii_case("none") {
-        return Some(None);
-    }
-    match v.parse() {
-        Ok(n) => Some(Some(n)),
-        Err(_) => panic!("MODEL_TIMEOUTS must be a number or `none`, got {v:?}"),
-    }
+    env_limit("MODEL_TIMEOUTS")
 }
 
 fn fmt_timeouts(t: Option<usize>) -> String {

@@ -31,6 +31,16 @@ const BOTH: Phases = Phases {
     resume: true,
 };
 
+const PAUSE_ONLY: Phases = Phases {
+    pause: true,
+    resume: false,
+};
+
+const RESUME_ONLY: Phases = Phases {
+    pause: false,
+    resume: true,
+};
+
 fn from_here(on: bool) {
     if on {
         explore_from_here();
@@ -101,28 +111,12 @@ fn m1a_pause_2vcpu_exhaustive() {
     Model::new("m1a_pause_2vcpu_exhaustive", 3)
         .windowed()
         .timeouts(1)
-        .check(|| {
-            pause_resume(
-                2,
-                Phases {
-                    pause: true,
-                    resume: false,
-                },
-            )
-        });
+        .check(|| pause_resume(2, PAUSE_ONLY));
 }
 
 #[test]
 fn m1b_resume_2vcpu_exhaustive() {
     Model::new("m1b_resume_2vcpu_exhaustive", 3)
         .windowed()
-        .check(|| {
-            pause_resume(
-                2,
-                Phases {
-                    pause: false,
-                    resume: true,
-                },
-            )
-        });
+        .check(|| pause_resume(2, RESUME_ONLY));
 }

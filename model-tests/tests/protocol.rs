@@ -8,18 +8,9 @@ use loom::thread;
 use model_tests::harness::{Model, TIMEOUT};
 use std::sync::Arc;
 use vcpu_sync::sim::{GuestOp, KickMode, SimBackend};
-use vcpu_sync::{
-    Life, PauseError, Rekick, Vcpus, REG_SELECT, REG_STATUS, STATUS_EJECT, STATUS_INSERTING,
-};
+use vcpu_sync::{Life, PauseError, Rekick, Vcpus, REG_STATUS, STATUS_INSERTING};
 
 const LIVELOCK_OR_DEADLOCK: &[&str] = &["maximum number of branches", "deadlock"];
-
-fn select(i: u32) -> GuestOp {
-    GuestOp::MmioWrite {
-        offset: REG_SELECT,
-        data: i.to_le_bytes().to_vec(),
-    }
-}
 
 fn teardown(vcpus: &Vcpus<SimBackend>, sim: &SimBackend) {
     vcpus.resume();
@@ -45,7 +36,7 @@ fn pause_during_mmio() {
     sim.push_ops(
         0,
         [
-            select(0),
+            GuestOp::select(0),
             GuestOp::MmioRead {
                 offset: REG_STATUS,
                 size: 1,
@@ -78,16 +69,7 @@ fn pause_vs_eject() {
     vcpus.start(0).expect("start 0");
     vcpus.start(1).expect("start 1");
     vcpus.request_removal(1).expect("request removal");
-    sim.push_ops(
-        0,
-        [
-            select(1),
-            GuestOp::MmioWrite {
-                offset: REG_STATUS,
-                data: vec![STATUS_EJECT],
-            },
-        ],
-    );
+    sim.push_ops(0, GuestOp::eject(1));
     vcpus.pause(TIMEOUT).expect("pause while a vCPU is ejected");
     assert_all_paused(&vcpus);
     // The ejected vCPU is reaped by the teardown's shutdown (it may have exited already or
