@@ -8,8 +8,8 @@
 
 use crate::aml::{dsdt_body, DsdtConfig};
 use crate::layout::{
-    ACPI_PM_PORT, ACPI_RESET_VALUE, ACPI_TABLES_END, ACPI_TABLES_START, GED_GSI, HOTPLUG_MMIO_BASE,
-    IOAPIC_ADDR, LAPIC_ADDR, RSDP_LEGACY_COPY, S5_SLEEP_TYPE,
+    ACPI_PM_PORT, ACPI_RESET_VALUE, ACPI_TABLES_END, ACPI_TABLES_START, COM1_IRQ, COM1_PORT,
+    GED_GSI, HOTPLUG_MMIO_BASE, IOAPIC_ADDR, LAPIC_ADDR, RSDP_LEGACY_COPY, S5_SLEEP_TYPE,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -119,6 +119,7 @@ pub fn dsdt(max_vcpus: usize) -> Sdt {
         hotplug_base: HOTPLUG_MMIO_BASE as u32,
         hotplug_len: vcpu_sync::HOTPLUG_REGION_SIZE as u32,
         ged_gsi: GED_GSI,
+        com1: (COM1_PORT, COM1_IRQ),
         s5_type: S5_SLEEP_TYPE,
     }));
     t

@@ -33,6 +33,8 @@
 //!       Method (_EJ0, 1) { CEJ0 (0) } }
 //!     ...
 //!   }
+//!   Device (COM1) { Name (_HID, EisaId ("PNP0501")) Name (_UID, 0)
+//!     Name (_CRS, ResourceTemplate () { IO (Decode16, 0x3F8, 0x3F8, 1, 8) Interrupt (..) { 4 } }) }
 //!   Device (GED0) { Name (_HID, "ACPI0013") Name (_UID, 0)
 //!     Name (_CRS, ResourceTemplate () { Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { GSI } })
 //!     Method (_EVT, 1) { \_SB.CPUS.CSCN () } }
@@ -47,7 +49,7 @@ use acpi_tables::aml::{
     self, Acquire, Add, BufferData, Device, EISAName, Else, Equal, Field, FieldAccessType,
     FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, LessThan, Local, Memory32Fixed,
     Method, MethodCall, Mutex, Name, Notify, OpRegion, OpRegionSpace, Package, Path, Release,
-    ResourceTemplate, Return, Scope, Store, While,
+    ResourceTemplate, Return, Scope, Store, While, IO,
 };
 use acpi_tables::Aml;
 
@@ -62,6 +64,8 @@ pub struct DsdtConfig {
     pub hotplug_len: u32,
     /// The GED's interrupt (GSI).
     pub ged_gsi: u32,
+    /// COM1's I/O base and ISA IRQ (declared so a hardware-reduced guest finds the UART).
+    pub com1: (u16, u32),
     /// `_S5_` sleep type.
     pub s5_type: u8,
 }
@@ -93,7 +97,8 @@ pub fn dsdt_body(cfg: &DsdtConfig) -> Vec<u8> {
     let controller = controller_device(cfg);
     let cpus = cpus_device(cfg);
     let ged = ged_device(cfg);
-    let children: Vec<&dyn Aml> = vec![&controller, &cpus, &ged];
+    let com1 = com1_device(cfg);
+    let children: Vec<&dyn Aml> = vec![&com1, &controller, &cpus, &ged];
     let mut sb_body = Vec::new();
     for c in children {
         c.to_aml_bytes(&mut sb_body);
@@ -300,6 +305,26 @@ fn ged_device(cfg: &DsdtConfig) -> Raw {
     ))
 }
 
+/// COM1 as a PNP0501 device. A hardware-reduced ACPI platform has no legacy devices the
+/// guest may assume: without this, Linux's 8250 driver finds no port with an interrupt
+/// (`preallocated irqs: 0`), and userspace writes to the console fail with EIO.
+fn com1_device(cfg: &DsdtConfig) -> Raw {
+    let (port, irq) = cfg.com1;
+    let hid = EISAName::new("PNP0501");
+    let uid = aml::ZERO;
+    let io = IO::new(port, port, 1, 8);
+    let int = Interrupt::new(true, true, false, false, irq);
+    let crs = ResourceTemplate::new(vec![&io, &int]);
+    bytes_of(&Device::new(
+        Path::new("COM1"),
+        vec![
+            &Name::new(Path::new("_HID"), &hid),
+            &Name::new(Path::new("_UID"), &uid),
+            &Name::new(Path::new("_CRS"), &crs),
+        ],
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +335,7 @@ mod tests {
             hotplug_base: 0xfe00_0000,
             hotplug_len: 12,
             ged_gsi: 5,
+            com1: (0x3f8, 4),
             s5_type: 5,
         }
     }
@@ -333,6 +359,7 @@ mod tests {
             b"C003",
             b"GED0",
             b"_EVT",
+            b"COM1",
             b"ACPI0007",
             b"ACPI0013",
         ] {
