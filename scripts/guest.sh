@@ -21,12 +21,16 @@
 #   vmtest.mode=watch     print the markers, then online newly hot-added CPUs and
 #                         print a line whenever cpu/online or cpu/present changes
 #   vmtest.mode=shell     print the markers, then an interactive busybox shell
+#   vmtest.hold=SECS      poweroff mode: wait SECS seconds (of guest time) before powering off
 # Output lines (all start with VMTEST, lines end in \r\n on the serial port):
 #   VMTEST-INIT-OK
 #   VMTEST possible=<sysfs cpu/possible>
 #   VMTEST present=<sysfs cpu/present>
 #   VMTEST online=<sysfs cpu/online>
 #   VMTEST nproc=<nproc>
+#   VMTEST uptime=<seconds>                           (/proc/uptime, after the markers and
+#                                                      again just before VMTEST-POWEROFF)
+#   VMTEST meminfo-total-kb=<MemTotal>
 #   VMTEST-POWEROFF                                   (poweroff mode, just before powering off)
 #   VMTEST-WATCH                                      (watch mode, once before the loop)
 #   VMTEST online=<online> present=<present> nproc=<n>  (watch mode, first round and on every change)
@@ -54,7 +58,8 @@ out="$repo_root/target/guest"
 kernel="$out/bzImage"
 initrd="$out/initramfs.cpio.gz"
 
-cached() { [ -s "$kernel" ] && [ -s "$initrd" ]; }
+# The initramfs's /init is written by this script: a newer script means a stale cache.
+cached() { [ -s "$kernel" ] && [ -s "$initrd" ] && [ ! "${BASH_SOURCE[0]}" -nt "$initrd" ]; }
 print_outputs() { printf '%s\n' "$kernel" "$initrd"; }
 
 if [ "$force" = 0 ] && cached; then
@@ -216,19 +221,26 @@ fi
 
 C=/sys/devices/system/cpu
 mode=poweroff
+hold=0
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         vmtest.mode=*) mode=${arg#vmtest.mode=} ;;
+        vmtest.hold=*) hold=${arg#vmtest.hold=} ;;
     esac
 done
+uptime_line() { read -r up _ </proc/uptime; echo "VMTEST uptime=$up"; }
 
 echo "VMTEST-INIT-OK"
 echo "VMTEST possible=$(cat $C/possible)"
 echo "VMTEST present=$(cat $C/present)"
 echo "VMTEST online=$(cat $C/online)"
 echo "VMTEST nproc=$(nproc)"
+echo "VMTEST meminfo-total-kb=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)"
+uptime_line
 
 do_poweroff() {
+    [ "$hold" = 0 ] || sleep "$hold"
+    uptime_line
     echo "VMTEST-POWEROFF"
     sync
     poweroff -f

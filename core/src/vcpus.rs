@@ -308,6 +308,13 @@ impl<B: Backend> Vcpus<B> {
         slot.life().has_thread() && slot.ack.load(Ordering::SeqCst) != epoch
     }
 
+    /// The pause epoch: odd while a pause is in force, incremented when one starts and when
+    /// it ends. A device model that reads it before and after servicing an access learns
+    /// whether a pause landed meanwhile (without taking any lock).
+    pub fn pause_epoch(&self) -> u64 {
+        self.inner.shared.epoch.load(Ordering::SeqCst)
+    }
+
     /// Pauses every vCPU: signal all, then wait all, re-kicking stragglers, with no lock
     /// held while waiting. Returns when every vCPU with a thread has acknowledged (a slot
     /// that empties meanwhile counts as acknowledged). Pausing while paused waits for the

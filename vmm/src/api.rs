@@ -85,9 +85,15 @@ impl VmControl {
 
 impl Control for VmControl {
     fn pause(&self) -> Result<(), ApiError> {
-        match self.vm.vcpus().pause(PAUSE_TIMEOUT) {
+        if self.vm.is_stopping() {
+            return Err(ApiError::ShuttingDown);
+        }
+        match self.vm.pause(PAUSE_TIMEOUT) {
             Ok(()) => Ok(()),
             Err(PauseError::Timeout(t)) => Err(ApiError::PauseTimeout(t)),
+            // The VM's own shutdown resumes every vCPU so they can see their stop; a pause
+            // it cancels is reported as what it is, not as a client's concurrent resume.
+            Err(PauseError::Interrupted) if self.vm.is_stopping() => Err(ApiError::ShuttingDown),
             Err(PauseError::Interrupted) => Err(ApiError::PauseInterrupted),
         }
     }
@@ -685,6 +691,7 @@ mod tests {
                 stats: StatsInfo {
                     pauses: 0,
                     pauses_overlapping_mmio: 0,
+                    pauses_during_hotplug_access: 0,
                     rekicks: 0,
                     ejects: 0,
                 },

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vcpu_sync::{Life, SlotReport, Stats, Vcpus};
+use vcpu_sync::{Life, PauseError, SlotReport, Stats, Vcpus};
 use vm_memory::GuestMemoryMmap;
 
 /// vCPUs the MADT can describe with xAPIC entries (IDs 0..=253; 255 is broadcast).
@@ -133,19 +133,24 @@ pub struct VmInfo {
 pub struct StatsInfo {
     /// Pauses completed with every vCPU acknowledged.
     pub pauses: u64,
-    /// Pauses during which some vCPU was inside a device handler when kicked.
+    /// Pauses during which some vCPU was inside a device handler (MMIO or port I/O) when
+    /// kicked.
     pub pauses_overlapping_mmio: u64,
+    /// Pauses that were in force or began while a vCPU was servicing an access to the
+    /// CPU-hotplug controller (the motivating bug's window).
+    pub pauses_during_hotplug_access: u64,
     /// Kicks re-sent to vCPUs that had not acknowledged in time.
     pub rekicks: u64,
     /// Guest ejects honoured.
     pub ejects: u64,
 }
 
-impl From<Stats> for StatsInfo {
-    fn from(s: Stats) -> Self {
+impl StatsInfo {
+    fn new(s: Stats, pauses_during_hotplug_access: u64) -> Self {
         StatsInfo {
             pauses: s.pauses,
             pauses_overlapping_mmio: s.pauses_overlapping_mmio,
+            pauses_during_hotplug_access,
             rekicks: s.rekicks,
             ejects: s.ejects,
         }
@@ -397,8 +402,19 @@ impl Vm {
     }
 
     /// Pauses every vCPU, failing with the missing vCPUs named after `timeout`.
-    pub fn pause(&self, timeout: Duration) -> Result<(), Error> {
-        Ok(self.vcpus.pause(timeout)?)
+    pub fn pause(&self, timeout: Duration) -> Result<(), PauseError> {
+        #[cfg(feature = "legacy-wide-lock")]
+        return self
+            .bus
+            .hotplug()
+            .legacy_locked(|| self.vcpus.pause(timeout));
+        #[cfg(not(feature = "legacy-wide-lock"))]
+        self.vcpus.pause(timeout)
+    }
+
+    /// Whether the VM is on its way down (a poweroff, reboot or shutdown was decided).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// Ends a pause; false if the VM was not paused.
@@ -519,7 +535,10 @@ impl Vm {
                 .filter(|r| r.remove_requested || matches!(r.life, Life::Stopping | Life::Exited))
                 .map(|r| r.index)
                 .collect(),
-            stats: self.vcpus.stats().into(),
+            stats: StatsInfo::new(
+                self.vcpus.stats(),
+                self.bus.hotplug().pauses_during_access(),
+            ),
             vcpus: reports.iter().map(VcpuInfo::from).collect(),
         }
     }

@@ -14,9 +14,9 @@
 //! * `stuck_device_handler_is_named_by_pause_timeout`: a device handler that blocks on one
 //!   vCPU makes `pause` fail with a report naming that vCPU "in MMIO handler", while the
 //!   other acknowledges; once released, pausing succeeds.
-//! * `pause_storm_while_debian_boots` (ignored): the storm while the real Debian kernel
-//!   boots. The Debian kernel does not finish booting on kvm-pvm hosts, so it only runs
-//!   with `--ignored` on a host with hardware KVM.
+//!
+//! The same storm against the real Debian guest, over the control API, is in
+//! `tests/guest_storm.rs`.
 //!
 //! Default cycles keep CI well under a minute. Soak (any cycle count):
 //!
@@ -28,7 +28,7 @@
 
 mod common;
 
-use common::{boot_timeout, guest_slot, kvm_available};
+use common::{guest_slot, kvm_available};
 use kvm_backend::layout::ZERO_PAGE;
 use kvm_backend::{BackendConfig, BootEntry, ExitHandler, GuestStop, KvmBackend, KvmVm};
 use std::io::Write;
@@ -589,92 +589,4 @@ fn stuck_device_handler_is_named_by_pause_timeout() {
         assert_eq!(r.life, Life::Absent, "{r}");
     }
     drop(t);
-}
-
-// ---- the real guest ----
-
-#[test]
-#[ignore = "the Debian kernel does not finish booting on kvm-pvm hosts; run with --ignored on hardware KVM"]
-fn pause_storm_while_debian_boots() {
-    if !kvm_available() {
-        return;
-    }
-    let dir = common::workspace_root().join("target/guest");
-    let (kernel, initramfs) = (dir.join("bzImage"), dir.join("initramfs.cpio.gz"));
-    if !kernel.is_file() || !initramfs.is_file() {
-        eprintln!(
-            "SKIPPED: {} missing: run `bash scripts/guest.sh`",
-            kernel.display()
-        );
-        return;
-    }
-    let _slot = guest_slot();
-    let args = [
-        "--kernel".to_string(),
-        kernel.display().to_string(),
-        "--initramfs".to_string(),
-        initramfs.display().to_string(),
-        "--cpus".to_string(),
-        "boot=2,max=4".to_string(),
-        "--cmdline".to_string(),
-        "vmtest.mode=poweroff".to_string(),
-    ];
-    let vmm::cli::Command::Run(config) = vmm::cli::parse(args).expect("config") else {
-        unreachable!()
-    };
-    let serial = Arc::new(Mutex::new(Vec::<u8>::new()));
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl Write for Capture {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let vm = Arc::new(Vm::with_serial(&config, Box::new(Capture(serial.clone()))).expect("VM"));
-    vm.start().expect("start");
-    let vm2 = vm.clone();
-    let main_loop = std::thread::spawn(move || vm2.run());
-    let tail = || {
-        let s = serial.lock().unwrap();
-        let text = String::from_utf8_lossy(&s).to_string();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    };
-    let deadline = Instant::now() + boot_timeout();
-    let mut n = 0u64;
-    while !main_loop.is_finished() {
-        if Instant::now() > deadline {
-            vm.shutdown();
-            panic!(
-                "guest did not power off within {:?} ({n} pauses)\n{}",
-                boot_timeout(),
-                tail()
-            );
-        }
-        if let Err(e) = vm.pause(PAUSE_DEADLINE) {
-            if main_loop.is_finished() {
-                break; // the guest powered off while we paused
-            }
-            vm.shutdown();
-            panic!("pause {n} failed while the guest booted: {e}\n{}", tail());
-        }
-        n += 1;
-        vm.resume();
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    let outcome = main_loop.join().expect("main loop panicked");
-    let s = vm.stats();
-    println!(
-        "debian storm: {n} pauses, overlapping MMIO {}, rekicks {}, outcome {outcome:?}",
-        s.pauses_overlapping_mmio, s.rekicks
-    );
-    assert!(
-        matches!(outcome, Ok(Outcome::PowerOff)),
-        "{outcome:?}\n{}",
-        tail()
-    );
-    assert!(n > 0);
 }

@@ -4,6 +4,7 @@
 //! the vCPU; the VMM's main thread reaps it when told through [`HotplugController`]'s
 //! callback.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use vcpu_sync::{Backend, Vcpus, WriteEffect, HOTPLUG_REGION_SIZE};
 
@@ -12,6 +13,15 @@ use vcpu_sync::{Backend, Vcpus, WriteEffect, HOTPLUG_REGION_SIZE};
 pub struct HotplugController<B: Backend> {
     base: u64,
     vcpus: OnceLock<Vcpus<B>>,
+    /// Pauses that were in force or started while some vCPU was inside this handler.
+    pauses_during_access: AtomicU64,
+    /// The number (epoch / 2 rounded up) of the last pause counted there, so a pause that
+    /// overlaps several accesses counts once.
+    last_counted: AtomicU64,
+    /// The old design's lock over "the vCPU states" (the motivating bug): taken by every
+    /// access here and by the pause path across its whole wait. Negative control only.
+    #[cfg(feature = "legacy-wide-lock")]
+    legacy_states: std::sync::Mutex<()>,
 }
 
 impl<B: Backend> std::fmt::Debug for HotplugController<B> {
@@ -28,6 +38,10 @@ impl<B: Backend> HotplugController<B> {
         HotplugController {
             base,
             vcpus: OnceLock::new(),
+            pauses_during_access: AtomicU64::new(0),
+            last_counted: AtomicU64::new(0),
+            #[cfg(feature = "legacy-wide-lock")]
+            legacy_states: std::sync::Mutex::new(()),
         }
     }
 
@@ -45,7 +59,7 @@ impl<B: Backend> HotplugController<B> {
     /// Services a read at window offset `offset`.
     pub fn read(&self, offset: u64, data: &mut [u8]) {
         match self.vcpus.get() {
-            Some(v) => v.hotplug_read(offset, data),
+            Some(v) => self.access(v, || v.hotplug_read(offset, data)),
             None => data.fill(0),
         }
     }
@@ -53,8 +67,43 @@ impl<B: Backend> HotplugController<B> {
     /// Services a write at window offset `offset`.
     pub fn write(&self, offset: u64, data: &[u8]) -> WriteEffect {
         match self.vcpus.get() {
-            Some(v) => v.hotplug_write(offset, data),
+            Some(v) => self.access(v, || v.hotplug_write(offset, data)),
             None => WriteEffect::None,
         }
+    }
+
+    /// Pauses that were in force or began while a vCPU was servicing an access to this
+    /// controller: the window of the motivating bug, counted exactly (each such pause once).
+    pub fn pauses_during_access(&self) -> u64 {
+        self.pauses_during_access.load(Ordering::Relaxed)
+    }
+
+    /// Runs one register access, noting whether a pause landed while it ran.
+    fn access<R>(&self, vcpus: &Vcpus<B>, f: impl FnOnce() -> R) -> R {
+        let before = vcpus.pause_epoch();
+        #[cfg(feature = "legacy-wide-lock")]
+        let r = {
+            let _states = self.legacy_states.lock().unwrap_or_else(|p| p.into_inner());
+            f()
+        };
+        #[cfg(not(feature = "legacy-wide-lock"))]
+        let r = f();
+        let after = vcpus.pause_epoch();
+        // Pause k (k >= 1) is in force while the epoch is 2k - 1.
+        if before & 1 == 1 || after != before {
+            let pause = after.div_ceil(2).max(before.div_ceil(2));
+            if self.last_counted.fetch_max(pause, Ordering::Relaxed) < pause {
+                self.pauses_during_access.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    /// Runs `pause` the way the old design did: holding the lock every access takes, across
+    /// the whole kick-and-wait. A vCPU inside an access then cannot acknowledge.
+    #[cfg(feature = "legacy-wide-lock")]
+    pub fn legacy_locked<R>(&self, pause: impl FnOnce() -> R) -> R {
+        let _states = self.legacy_states.lock().unwrap_or_else(|p| p.into_inner());
+        pause()
     }
 }

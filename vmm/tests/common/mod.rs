@@ -335,3 +335,50 @@ impl Drop for TempFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// A persistent connection to a VMM's control socket, as a client that issues many
+/// requests (a storm) keeps it.
+pub struct ApiConn {
+    reader: BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl ApiConn {
+    /// Connects to `path`, retrying until `timeout` (the VMM may not listen yet).
+    pub fn connect(path: &Path, timeout: Duration) -> Option<ApiConn> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(s) = std::os::unix::net::UnixStream::connect(path) {
+                s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+                let writer = s.try_clone().ok()?;
+                return Some(ApiConn {
+                    reader: BufReader::new(s),
+                    writer,
+                });
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `command` (with extra fields from `args`, a JSON object) and returns the
+    /// answer, or None when the connection broke.
+    pub fn call(&mut self, command: &str, args: serde_json::Value) -> Option<serde_json::Value> {
+        use std::io::Write;
+        let mut req = args;
+        if !req.is_object() {
+            req = serde_json::json!({});
+        }
+        req["command"] = serde_json::Value::from(command);
+        let mut line = req.to_string();
+        line.push('\n');
+        self.writer.write_all(line.as_bytes()).ok()?;
+        let mut resp = String::new();
+        match self.reader.read_line(&mut resp) {
+            Ok(n) if n > 0 => serde_json::from_str(&resp).ok(),
+            _ => None,
+        }
+    }
+}
