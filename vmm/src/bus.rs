@@ -91,6 +91,16 @@ impl<B: Backend> DeviceBus<B> {
         let _ = self.events.send(ev);
     }
 
+    /// Hands bytes from the user's terminal to the UART; returns how many it took (the rest
+    /// did not fit: the guest is not reading its console).
+    pub fn serial_input(&self, bytes: &[u8]) -> usize {
+        let (taken, raise) = lock(&self.serial).receive(bytes);
+        if raise {
+            self.serial_irq.trigger();
+        }
+        taken
+    }
+
     /// Flushes buffered serial output (before the process exits).
     pub fn flush_serial(&self) {
         let _ = lock(&self.serial).output().flush();

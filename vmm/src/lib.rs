@@ -14,6 +14,7 @@ pub mod error;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod terminal;
 pub mod testguest;
 pub mod vm;
 

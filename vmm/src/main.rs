@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use vmm::api::{self, ApiServer, VmControl};
 use vmm::cli::{self, Command, Remote};
+use vmm::terminal;
 use vmm::vm::{Outcome, Vm};
 
 /// How long `vmm remote` waits for an answer (a pause may take up to
@@ -63,6 +64,16 @@ fn run() -> Result<Option<Outcome>, vmm::Error> {
         None => None,
     };
     vm.start()?;
+    // The terminal is the guest's console; restored when this function returns.
+    let _raw = if terminal::stdin_is_ours() {
+        let raw = terminal::RawTerminal::enter();
+        if let Err(e) = terminal::forward_stdin(vm.clone(), vm.event_sender(), raw.is_raw()) {
+            log::warn!("no console input: cannot start the stdin thread: {e}");
+        }
+        Some(raw)
+    } else {
+        None
+    };
     vm.run().map(Some)
 }
 

@@ -553,6 +553,12 @@ impl Vm {
         &self.vcpus
     }
 
+    /// Bytes typed on the user's terminal, for the guest's serial console; returns how
+    /// many the UART took (see [`crate::devices::serial::RX_CAPACITY`]).
+    pub fn serial_input(&self, bytes: &[u8]) -> usize {
+        self.bus.serial_input(bytes)
+    }
+
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory

@@ -1,8 +1,10 @@
-//! A 16550A UART, transmit side only, good enough for Linux's 8250 driver: it passes the
-//! autoconfig probe (scratch, IER, loopback MSR and FIFO checks), reports a 16550A, and
-//! raises THR-empty interrupts so interrupt-driven transmit (the tty layer, not only the
-//! polled console) makes progress. Received data never arrives: LSR has no DR bit.
+//! A 16550A UART, good enough for Linux's 8250 driver: it passes the autoconfig probe
+//! (scratch, IER, loopback MSR and FIFO checks), reports a 16550A, raises THR-empty
+//! interrupts so interrupt-driven transmit (the tty layer, not only the polled console)
+//! makes progress, and receives bytes the VMM pushes (the user's terminal) through a
+//! bounded buffer with received-data interrupts.
 
+use std::collections::VecDeque;
 use std::io::Write;
 
 // Register offsets from the base port.
@@ -16,16 +18,23 @@ const MSR: u8 = 6;
 const SCR: u8 = 7;
 
 const LCR_DLAB: u8 = 0x80;
+const IER_RDA: u8 = 0x01;
 const IER_THRE: u8 = 0x02;
 const IER_MASK: u8 = 0x0f;
 const IIR_NO_INT: u8 = 0x01;
 const IIR_THRE: u8 = 0x02;
+const IIR_RDA: u8 = 0x04;
 const IIR_FIFO_ENABLED: u8 = 0xc0;
 const FCR_FIFO_ENABLE: u8 = 0x01;
 const MCR_LOOP: u8 = 0x10;
 const MCR_MASK: u8 = 0x1f;
 /// THR empty and transmitter empty: output is consumed instantly.
 const LSR_IDLE: u8 = 0x60;
+/// LSR data ready: the receive buffer holds a byte.
+const LSR_DR: u8 = 0x01;
+/// Received bytes held for the guest; more is dropped (a guest that never reads its
+/// console must not make the VMM buffer without bound).
+pub const RX_CAPACITY: usize = 4096;
 /// DCD | DSR | CTS: a modem that is always there.
 const MSR_CONNECTED: u8 = 0xb0;
 
@@ -41,6 +50,7 @@ pub struct Serial<W: Write> {
     fifo_enabled: bool,
     /// A THR-empty interrupt is pending (cleared by reading IIR or writing THR anew).
     thre_pending: bool,
+    rx: VecDeque<u8>,
     out: W,
 }
 
@@ -56,8 +66,19 @@ impl<W: Write> Serial<W> {
             dlm: 0,
             fifo_enabled: false,
             thre_pending: false,
+            rx: VecDeque::new(),
             out,
         }
+    }
+
+    /// Queues bytes for the guest to receive; returns how many were taken (the rest did
+    /// not fit in [`RX_CAPACITY`]) and whether the interrupt line must be pulsed.
+    pub fn receive(&mut self, bytes: &[u8]) -> (usize, bool) {
+        let room = RX_CAPACITY - self.rx.len();
+        let taken = bytes.len().min(room);
+        let was_empty = self.rx.is_empty();
+        self.rx.extend(&bytes[..taken]);
+        (taken, taken > 0 && was_empty && self.ier & IER_RDA != 0)
     }
 
     /// The output sink.
@@ -73,7 +94,7 @@ impl<W: Write> Serial<W> {
     pub fn read(&mut self, offset: u8) -> u8 {
         match offset {
             DATA if self.dlab() => self.dll,
-            DATA => 0,
+            DATA => self.rx.pop_front().unwrap_or(0),
             IER if self.dlab() => self.dlm,
             IER => self.ier,
             IIR => {
@@ -82,7 +103,10 @@ impl<W: Write> Serial<W> {
                 } else {
                     0
                 };
-                if self.thre_pending && self.ier & IER_THRE != 0 {
+                if !self.rx.is_empty() && self.ier & IER_RDA != 0 {
+                    // Highest priority here; cleared by draining RBR.
+                    fifo | IIR_RDA
+                } else if self.thre_pending && self.ier & IER_THRE != 0 {
                     // Reading IIR acknowledges a THR-empty interrupt.
                     self.thre_pending = false;
                     fifo | IIR_THRE
@@ -92,7 +116,8 @@ impl<W: Write> Serial<W> {
             }
             LCR => self.lcr,
             MCR => self.mcr,
-            LSR => LSR_IDLE,
+            LSR if self.rx.is_empty() => LSR_IDLE,
+            LSR => LSR_IDLE | LSR_DR,
             MSR => {
                 if self.mcr & MCR_LOOP != 0 {
                     // Loopback: DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD.
@@ -132,6 +157,10 @@ impl<W: Write> Serial<W> {
                     self.thre_pending = true;
                     return true;
                 }
+                // So does enabling the received-data interrupt with data waiting.
+                if was & IER_RDA == 0 && self.ier & IER_RDA != 0 && !self.rx.is_empty() {
+                    return true;
+                }
             }
             IIR => self.fifo_enabled = value & FCR_FIFO_ENABLE != 0,
             LCR => self.lcr = value,
@@ -146,6 +175,39 @@ impl<W: Write> Serial<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receives_in_order_with_interrupts() {
+        let mut s = Serial::new(Vec::new());
+        // No interrupt while the guest has not enabled it, but the data is there.
+        assert_eq!(s.receive(b"ab"), (2, false));
+        assert_eq!(s.read(LSR) & LSR_DR, LSR_DR);
+        assert_eq!(s.read(IIR) & 0x0f, IIR_NO_INT);
+        // Enabling the interrupt with data waiting raises it; IIR says why.
+        assert!(s.write(IER, IER_RDA));
+        assert_eq!(s.read(IIR) & 0x0f, IIR_RDA);
+        assert_eq!(s.read(DATA), b'a');
+        assert_eq!(s.read(DATA), b'b');
+        assert_eq!(s.read(LSR) & LSR_DR, 0);
+        assert_eq!(s.read(IIR) & 0x0f, IIR_NO_INT);
+        // New data into an empty buffer raises it; more data while not drained does not.
+        assert_eq!(s.receive(b"c"), (1, true));
+        assert_eq!(s.receive(b"d"), (1, false));
+        assert_eq!(s.read(DATA), b'c');
+        assert_eq!(s.read(DATA), b'd');
+        // An empty buffer reads 0.
+        assert_eq!(s.read(DATA), 0);
+    }
+
+    #[test]
+    fn receive_buffer_is_bounded() {
+        let mut s = Serial::new(Vec::new());
+        let big = vec![b'x'; RX_CAPACITY + 100];
+        assert_eq!(s.receive(&big).0, RX_CAPACITY);
+        assert_eq!(s.receive(b"y").0, 0);
+        s.read(DATA);
+        assert_eq!(s.receive(b"yz").0, 1);
+    }
 
     #[test]
     fn transmits_and_interrupts() {
