@@ -22,6 +22,7 @@
 #                         print a line whenever cpu/online or cpu/present changes
 #   vmtest.mode=shell     print the markers, then an interactive busybox shell
 #   vmtest.hold=SECS      poweroff mode: wait SECS seconds (of guest time) before powering off
+#   vmtest.tick=SECS      watch mode: also print the uptime line every SECS seconds
 # Output lines (all start with VMTEST, lines end in \r\n on the serial port):
 #   VMTEST-INIT-OK
 #   VMTEST possible=<sysfs cpu/possible>
@@ -35,6 +36,7 @@
 #   VMTEST-WATCH                                      (watch mode, once before the loop)
 #   VMTEST online=<online> present=<present> nproc=<n>  (watch mode, first round and on every change)
 #   VMTEST onlined=cpuN / VMTEST online-failed=cpuN   (watch mode, when it onlines a new CPU)
+#   VMTEST uptime=<seconds>                           (watch mode with vmtest.tick, periodically)
 #   VMTEST-SHELL                                      (shell mode)
 #   VMTEST-ERROR <message>                            (bad vmtest.mode; then powers off)
 # Use console=ttyS0 (the VMM's 16550 at 0x3f8), e.g.
@@ -222,10 +224,12 @@ fi
 C=/sys/devices/system/cpu
 mode=poweroff
 hold=0
+tick=0
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         vmtest.mode=*) mode=${arg#vmtest.mode=} ;;
         vmtest.hold=*) hold=${arg#vmtest.hold=} ;;
+        vmtest.tick=*) tick=${arg#vmtest.tick=} ;;
     esac
 done
 uptime_line() { read -r up _ </proc/uptime; echo "VMTEST uptime=$up"; }
@@ -253,7 +257,15 @@ watch_cpus() {
     echo "VMTEST-WATCH"
     seen=" "
     last=""
+    next_tick=0
     while :; do
+        if [ "$tick" != 0 ]; then
+            read -r up _ </proc/uptime
+            if [ "${up%.*}" -ge "$next_tick" ]; then
+                echo "VMTEST uptime=$up"
+                next_tick=$(( ${up%.*} + tick ))
+            fi
+        fi
         cur=" "
         for d in $C/cpu[0-9]*; do
             n=${d##*/}

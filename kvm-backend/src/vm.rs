@@ -4,7 +4,10 @@ use crate::backend::KvmBackend;
 use crate::error::Error;
 use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::BackendConfig;
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_irqchip, kvm_pit_config, kvm_userspace_memory_region, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use vm_memory::{
@@ -30,6 +33,30 @@ impl std::fmt::Debug for KvmVm {
     }
 }
 
+/// Redirection-table entry bit 16: the pin is masked.
+const IOAPIC_RTE_MASKED: u64 = 1 << 16;
+
+/// Masks every line of both in-kernel 8259 PICs. The platform is ACPI hardware-reduced:
+/// Linux never programs the PICs there, so an unmasked PIC at its reset state (vector base
+/// 0) would deliver ISA line N to the BSP (whose LINT0 is ExtINT after reset) as exception
+/// vector N. A GED edge on GSI 5 during early boot arrived as #BR ("bounds") and killed the
+/// guest. Interrupts go through the IOAPIC only.
+fn mask_pics(vm: &VmFd) -> Result<(), Error> {
+    for chip_id in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE] {
+        let mut chip = kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        vm.get_irqchip(&mut chip)
+            .map_err(Error::vm("KVM_GET_IRQCHIP"))?;
+        // chip_id PIC_* selects the pic member of the union (writing a union field is safe).
+        chip.chip.pic.imr = 0xff;
+        vm.set_irqchip(&chip)
+            .map_err(Error::vm("KVM_SET_IRQCHIP"))?;
+    }
+    Ok(())
+}
+
 impl KvmVm {
     /// Opens `/dev/kvm` and creates a VM ready for an x86 Linux guest.
     pub fn new() -> Result<KvmVm, Error> {
@@ -45,6 +72,7 @@ impl KvmVm {
         // parks APs in wait-for-SIPI and delivers INIT/SIPI for CPU hotplug).
         vm.create_irq_chip()
             .map_err(Error::vm("KVM_CREATE_IRQCHIP"))?;
+        mask_pics(&vm)?;
         // PIT for Linux's early timer calibration; the dummy speaker port keeps port 0x61
         // in the kernel too.
         let pit = kvm_pit_config {
@@ -121,6 +149,26 @@ impl KvmVm {
         self.vm
             .set_irq_line(irq, level)
             .map_err(Error::vm("KVM_IRQ_LINE"))
+    }
+
+    /// Whether the guest has unmasked IOAPIC pin `gsi` (programmed and enabled its
+    /// redirection entry). Until then an edge on that line is lost.
+    pub fn gsi_unmasked(&self, gsi: u32) -> Result<bool, Error> {
+        let mut chip = kvm_irqchip {
+            chip_id: KVM_IRQCHIP_IOAPIC,
+            ..Default::default()
+        };
+        self.vm
+            .get_irqchip(&mut chip)
+            .map_err(Error::vm("KVM_GET_IRQCHIP"))?;
+        // SAFETY: chip_id IOAPIC selects the ioapic member of the union.
+        let ioapic = unsafe { chip.chip.ioapic };
+        let Some(entry) = ioapic.redirtbl.get(gsi as usize) else {
+            return Ok(false);
+        };
+        // SAFETY: every bit pattern is a valid u64.
+        let bits = unsafe { entry.bits };
+        Ok(bits & IOAPIC_RTE_MASKED == 0)
     }
 
     /// Makes a write to `fd` inject GSI `gsi` without a trip through the VMM.

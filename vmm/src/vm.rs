@@ -12,7 +12,7 @@ use crate::layout::{COM1_IRQ, GED_GSI, HOTPLUG_MMIO_BASE};
 use crate::{acpi, loader, memory};
 use kvm_backend::{BackendConfig, BootEntry, KvmBackend, KvmVm};
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,6 +50,13 @@ impl Interrupt for KvmIrq {
         if let Err(e) = r {
             log::warn!("cannot raise GSI {}: {e}", self.gsi);
         }
+    }
+
+    fn accepted(&self) -> bool {
+        self.vm.gsi_unmasked(self.gsi).unwrap_or_else(|e| {
+            log::warn!("cannot read the IOAPIC's entry for GSI {}: {e}", self.gsi);
+            true
+        })
     }
 }
 
@@ -117,6 +124,9 @@ pub struct VmInfo {
     pub paused: bool,
     /// GED notifications sent.
     pub ged_notifications: u64,
+    /// A CPU-change notification waits for the guest to enable the GED's interrupt (its
+    /// ACPI is still starting); it is raised as soon as the guest has.
+    pub ged_notification_held: bool,
     /// Slots hot-added that the guest has not acknowledged yet.
     pub pending_insertions: Vec<usize>,
     /// Slots whose removal was requested and that the guest has not ejected yet (still
@@ -139,6 +149,11 @@ pub struct StatsInfo {
     /// Pauses that were in force or began while a vCPU was servicing an access to the
     /// CPU-hotplug controller (the motivating bug's window).
     pub pauses_during_hotplug_access: u64,
+    /// Guest eject writes during which a pause was in force or began (the window of Cloud
+    /// Hypervisor's second deadlock).
+    pub pauses_during_eject: u64,
+    /// Reaps of ejected vCPUs during which a pause was in force or began.
+    pub pauses_during_reap: u64,
     /// Kicks re-sent to vCPUs that had not acknowledged in time.
     pub rekicks: u64,
     /// Guest ejects honoured.
@@ -146,11 +161,14 @@ pub struct StatsInfo {
 }
 
 impl StatsInfo {
-    fn new(s: Stats, pauses_during_hotplug_access: u64) -> Self {
+    fn new(s: Stats, during: [u64; 3]) -> Self {
+        let [pauses_during_hotplug_access, pauses_during_eject, pauses_during_reap] = during;
         StatsInfo {
             pauses: s.pauses,
             pauses_overlapping_mmio: s.pauses_overlapping_mmio,
             pauses_during_hotplug_access,
+            pauses_during_eject,
+            pauses_during_reap,
             rekicks: s.rekicks,
             ejects: s.ejects,
         }
@@ -215,6 +233,8 @@ pub struct Vm {
     resize_lock: Mutex<()>,
     /// Set once the main loop has decided to stop: no more resizes.
     stopping: AtomicBool,
+    /// Reaps (joins of ejected vCPU threads) during which a pause was in force or began.
+    pauses_during_reap: AtomicU64,
     boot_vcpus: usize,
     max_vcpus: usize,
     memory_size: u64,
@@ -330,6 +350,7 @@ impl Vm {
             events_rx: Mutex::new(Some(events_rx)),
             resize_lock: Mutex::new(()),
             stopping: AtomicBool::new(false),
+            pauses_during_reap: AtomicU64::new(0),
             boot_vcpus: config.boot_vcpus,
             max_vcpus: config.max_vcpus,
             memory_size: config.memory_size,
@@ -366,7 +387,12 @@ impl Vm {
                 VmEvent::Shutdown => break Ok(Outcome::Shutdown),
                 VmEvent::Fatal(msg) => break Err(Error::Guest(msg)),
                 VmEvent::VcpuExited(_) | VmEvent::Ejected(_) => {
+                    let before = self.vcpus.pause_epoch();
                     let reaped = self.vcpus.reap();
+                    if !reaped.is_empty() && (before & 1 == 1 || self.vcpus.pause_epoch() != before)
+                    {
+                        self.pauses_during_reap.fetch_add(1, Ordering::Relaxed);
+                    }
                     if !reaped.is_empty() {
                         log::info!("reaped vCPU(s) {reaped:?}");
                     }
@@ -388,6 +414,7 @@ impl Vm {
             let _serial = self.resize_lock.lock().unwrap_or_else(|p| p.into_inner());
             self.stopping.store(true, Ordering::SeqCst);
         }
+        self.ged.close();
         // A paused vCPU must be able to see its stop: resume first.
         self.vcpus.resume();
         if let Err(e) = self.vcpus.shutdown(SHUTDOWN_TIMEOUT) {
@@ -525,6 +552,7 @@ impl Vm {
             memory_size: self.memory_size,
             paused: self.vcpus.is_paused(),
             ged_notifications: self.ged.notifications(),
+            ged_notification_held: self.ged.is_held(),
             pending_insertions: reports
                 .iter()
                 .filter(|r| r.inserting)
@@ -537,7 +565,11 @@ impl Vm {
                 .collect(),
             stats: StatsInfo::new(
                 self.vcpus.stats(),
-                self.bus.hotplug().pauses_during_access(),
+                [
+                    self.bus.hotplug().pauses_during_access(),
+                    self.bus.hotplug().pauses_during_eject(),
+                    self.pauses_during_reap.load(Ordering::Relaxed),
+                ],
             ),
             vcpus: reports.iter().map(VcpuInfo::from).collect(),
         }

@@ -15,6 +15,9 @@ pub struct HotplugController<B: Backend> {
     vcpus: OnceLock<Vcpus<B>>,
     /// Pauses that were in force or started while some vCPU was inside this handler.
     pauses_during_access: AtomicU64,
+    /// Of those, the ones that overlapped an eject being serviced (the window of Cloud
+    /// Hypervisor's second deadlock), counted once per eject.
+    pauses_during_eject: AtomicU64,
     /// The number (epoch / 2 rounded up) of the last pause counted there, so a pause that
     /// overlaps several accesses counts once.
     last_counted: AtomicU64,
@@ -39,6 +42,7 @@ impl<B: Backend> HotplugController<B> {
             base,
             vcpus: OnceLock::new(),
             pauses_during_access: AtomicU64::new(0),
+            pauses_during_eject: AtomicU64::new(0),
             last_counted: AtomicU64::new(0),
             #[cfg(feature = "legacy-wide-lock")]
             legacy_states: std::sync::Mutex::new(()),
@@ -59,7 +63,7 @@ impl<B: Backend> HotplugController<B> {
     /// Services a read at window offset `offset`.
     pub fn read(&self, offset: u64, data: &mut [u8]) {
         match self.vcpus.get() {
-            Some(v) => self.access(v, || v.hotplug_read(offset, data)),
+            Some(v) => self.access(v, || v.hotplug_read(offset, data)).0,
             None => data.fill(0),
         }
     }
@@ -67,7 +71,13 @@ impl<B: Backend> HotplugController<B> {
     /// Services a write at window offset `offset`.
     pub fn write(&self, offset: u64, data: &[u8]) -> WriteEffect {
         match self.vcpus.get() {
-            Some(v) => self.access(v, || v.hotplug_write(offset, data)),
+            Some(v) => {
+                let (effect, overlapped) = self.access(v, || v.hotplug_write(offset, data));
+                if overlapped && matches!(effect, WriteEffect::Ejected(_)) {
+                    self.pauses_during_eject.fetch_add(1, Ordering::Relaxed);
+                }
+                effect
+            }
             None => WriteEffect::None,
         }
     }
@@ -78,8 +88,14 @@ impl<B: Backend> HotplugController<B> {
         self.pauses_during_access.load(Ordering::Relaxed)
     }
 
-    /// Runs one register access, noting whether a pause landed while it ran.
-    fn access<R>(&self, vcpus: &Vcpus<B>, f: impl FnOnce() -> R) -> R {
+    /// Ejects during which a pause was in force or began.
+    pub fn pauses_during_eject(&self) -> u64 {
+        self.pauses_during_eject.load(Ordering::Relaxed)
+    }
+
+    /// Runs one register access, noting whether a pause landed while it ran (also
+    /// returned).
+    fn access<R>(&self, vcpus: &Vcpus<B>, f: impl FnOnce() -> R) -> (R, bool) {
         let before = vcpus.pause_epoch();
         #[cfg(feature = "legacy-wide-lock")]
         let r = {
@@ -90,13 +106,14 @@ impl<B: Backend> HotplugController<B> {
         let r = f();
         let after = vcpus.pause_epoch();
         // Pause k (k >= 1) is in force while the epoch is 2k - 1.
-        if before & 1 == 1 || after != before {
+        let overlapped = before & 1 == 1 || after != before;
+        if overlapped {
             let pause = after.div_ceil(2).max(before.div_ceil(2));
             if self.last_counted.fetch_max(pause, Ordering::Relaxed) < pause {
                 self.pauses_during_access.fetch_add(1, Ordering::Relaxed);
             }
         }
-        r
+        (r, overlapped)
     }
 
     /// Runs `pause` the way the old design did: holding the lock every access takes, across

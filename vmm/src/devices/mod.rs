@@ -12,6 +12,12 @@ pub mod serial;
 pub trait Interrupt: Send + Sync {
     /// Pulses the line.
     fn trigger(&self);
+
+    /// Whether the guest has enabled the line, so that a pulse reaches it. A line that is
+    /// always connected (tests) answers true.
+    fn accepted(&self) -> bool {
+        true
+    }
 }
 
 /// An interrupt that goes nowhere (tests, fuzzing).

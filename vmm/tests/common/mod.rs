@@ -207,6 +207,41 @@ impl VmmProcess {
         }
     }
 
+    /// [`VmmProcess::wait_for_line`] looking only at lines from index `from` on; returns
+    /// the matching line's index too.
+    pub fn wait_for_line_from(
+        &self,
+        from: usize,
+        timeout: Duration,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> Option<(usize, String)> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.out;
+        let mut seen = from;
+        let mut g = m.lock().unwrap();
+        loop {
+            while seen < g.lines.len() {
+                if pred(&g.lines[seen]) {
+                    return Some((seen, g.lines[seen].clone()));
+                }
+                seen += 1;
+            }
+            if g.stdout_closed {
+                return None;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for a line starting with `prefix`.
     pub fn wait_for_prefix(&self, timeout: Duration, prefix: &str) -> Option<String> {
         self.wait_for_line(timeout, |l| l.starts_with(prefix))
@@ -380,5 +415,204 @@ impl ApiConn {
             Ok(n) if n > 0 => serde_json::from_str(&resp).ok(),
             _ => None,
         }
+    }
+}
+
+/// Serial lines that mean the guest kernel crashed or hit a bug.
+pub fn guest_crash_lines(lines: &[String]) -> Vec<String> {
+    const MARKS: [&str; 8] = [
+        "Kernel panic",
+        "Oops",
+        "BUG:",
+        "bounds: ",
+        "general protection fault",
+        "invalid opcode",
+        "Call Trace",
+        "WARNING: CPU",
+    ];
+    lines
+        .iter()
+        .filter(|l| MARKS.iter().any(|m| l.contains(m)))
+        .cloned()
+        .collect()
+}
+
+/// The real guest in watch mode (it onlines hot-added CPUs and prints
+/// `VMTEST online=.. present=.. nproc=..` on every change) with its control API.
+pub struct GuestVm {
+    /// The VMM process.
+    pub vm: VmmProcess,
+    /// A persistent connection to its API.
+    pub api: ApiConn,
+    /// The API socket.
+    pub socket: PathBuf,
+    /// Serial lines already consumed by `expect_cpus`.
+    cursor: usize,
+}
+
+impl GuestVm {
+    /// Starts the VMM (boot/max vCPUs, watch mode) and connects to its API; the guest is
+    /// still booting when this returns.
+    pub fn spawn_watch(name: &str, boot: usize, max: usize) -> GuestVm {
+        Self::spawn_with(name, boot, max, "vmtest.mode=watch", &[])
+    }
+
+    /// [`GuestVm::spawn_watch`] with another guest command line and extra VMM arguments.
+    pub fn spawn_with(
+        name: &str,
+        boot: usize,
+        max: usize,
+        cmdline: &str,
+        extra: &[&str],
+    ) -> GuestVm {
+        let g = guest();
+        let socket =
+            std::env::temp_dir().join(format!("vmm-guest-{}-{name}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let cpus = format!("boot={boot},max={max}");
+        let mut args = vec![
+            "--cpus",
+            &cpus,
+            "--memory",
+            "size=512M",
+            "--cmdline",
+            cmdline,
+            "--api-socket",
+            socket.to_str().expect("UTF-8 temp dir"),
+        ];
+        args.extend_from_slice(extra);
+        let vm = VmmProcess::boot(&g, &args);
+        let api = ApiConn::connect(&socket, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("the API socket never answered\n{}", vm.diagnostics()));
+        GuestVm {
+            vm,
+            api,
+            socket,
+            cursor: 0,
+        }
+    }
+
+    /// Starts the guest and waits until its init is watching with the boot CPUs online.
+    pub fn boot_watch(name: &str, boot: usize, max: usize) -> GuestVm {
+        let mut g = Self::spawn_watch(name, boot, max);
+        let want = if boot == 1 {
+            "0".to_string()
+        } else {
+            format!("0-{}", boot - 1)
+        };
+        g.expect_cpus(&want, &want, boot_timeout());
+        g
+    }
+
+    /// The VMM's pid.
+    pub fn pid(&self) -> u32 {
+        self.vm.pid()
+    }
+
+    /// One API call (fails the test if the connection broke).
+    pub fn call(&mut self, command: &str, args: serde_json::Value) -> serde_json::Value {
+        match self.api.call(command, args) {
+            Some(v) => v,
+            None => panic!("no answer to {command}\n{}", self.vm.diagnostics()),
+        }
+    }
+
+    /// A call that must succeed.
+    pub fn ok(&mut self, command: &str) -> serde_json::Value {
+        let v = self.call(command, serde_json::json!({}));
+        assert_eq!(v["ok"], true, "{command} -> {v}\n{}", self.vm.diagnostics());
+        v
+    }
+
+    /// `resize` that must succeed; returns the answer.
+    pub fn resize_ok(&mut self, cpus: usize) -> serde_json::Value {
+        let v = self.call("resize", serde_json::json!({ "cpus": cpus }));
+        assert_eq!(
+            v["ok"],
+            true,
+            "resize {cpus} -> {v}\n{}",
+            self.vm.diagnostics()
+        );
+        v
+    }
+
+    /// `info`.
+    pub fn info(&mut self) -> serde_json::Value {
+        self.ok("info")
+    }
+
+    /// Waits for the guest to report exactly `online` and `present` (a watch-mode line after
+    /// the ones already consumed); fails with the serial tail and any crash lines.
+    pub fn expect_cpus(&mut self, online: &str, present: &str, timeout: Duration) {
+        if let Err(e) = self.try_expect_cpus(online, present, timeout) {
+            panic!("{e}");
+        }
+    }
+
+    /// [`GuestVm::expect_cpus`] returning the failure instead of panicking.
+    pub fn try_expect_cpus(
+        &mut self,
+        online: &str,
+        present: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let found = self.vm.wait_for_line_from(self.cursor, timeout, |l| {
+            vmtest_value(l, "present").is_some()
+                && vmtest_value(l, "online").as_deref() == Some(online)
+                && vmtest_value(l, "present").as_deref() == Some(present)
+        });
+        let crashes = guest_crash_lines(&self.vm.lines());
+        if !crashes.is_empty() {
+            return Err(format!(
+                "the guest crashed: {crashes:#?}\n{}",
+                self.vm.diagnostics()
+            ));
+        }
+        match found {
+            Some((i, _)) => {
+                self.cursor = i + 1;
+                Ok(())
+            }
+            None => Err(format!(
+                "the guest never reported online={online} present={present} within {timeout:?}\n{}",
+                self.vm.diagnostics()
+            )),
+        }
+    }
+
+    /// Waits until `info` shows each of `slots` absent (ejected and reaped).
+    pub fn expect_reaped(&mut self, slots: &[usize], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let info = self.info();
+            if slots.iter().all(|&i| info["vcpus"][i]["state"] == "absent") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slots {slots:?} not reaped: {info}\n{}",
+                self.vm.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Shuts the VM down over the API and checks a clean exit, no guest crash, and the
+    /// socket removed.
+    pub fn finish(mut self) {
+        let crashes = guest_crash_lines(&self.vm.lines());
+        assert!(
+            crashes.is_empty(),
+            "the guest crashed: {crashes:#?}\n{}",
+            self.vm.diagnostics()
+        );
+        self.ok("shutdown");
+        let status = self.vm.wait_exit(Duration::from_secs(30));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "vmm exit {status:?}\n{}",
+            self.vm.diagnostics()
+        );
+        assert!(!self.socket.exists(), "the API socket was left behind");
     }
 }

@@ -1,0 +1,322 @@
+//! Races and random sequences against the real Debian guest.
+//!
+//! * `pause_storm_during_resize_rounds`: a client pauses and resumes continuously over the
+//!   control API while another resizes up and down, round after round. Every pause returns
+//!   within its deadline, every resize converges to what the guest reports, no thread
+//!   leaks, and the pauses that landed while the guest's eject was being serviced (the
+//!   window of Cloud Hypervisor's second deadlock: a pause arriving just before the join in
+//!   `remove_vcpu`) and while the VMM reaped an ejected thread are counted.
+//! * `random_sequences_match_the_guest_visible_contract`: proptest sequences of pause,
+//!   resume, resize(n), waits and settles, checked after each settle against a reference
+//!   model written from the contract the guest and a client can see (below), not from the
+//!   VMM's own resize logic.
+//!
+//! The contract the model encodes:
+//! * `pause` succeeds (within its deadline); `resume` succeeds iff a pause is in force,
+//!   else it answers `not_paused`;
+//! * `resize(n)` with n outside 1..=max is refused (`zero`, `above_max`) and changes
+//!   nothing; otherwise it is accepted, or, only while CPUs given back earlier may still be
+//!   on their way out, refused with `slots_busy`; an accepted resize makes n the target;
+//! * once the VM runs and the guest has had time to act (a settle), the guest reports
+//!   exactly CPUs 0..target online and present, and `info` reports target active vCPUs and
+//!   every other slot absent;
+//! * while paused, the guest reports nothing new.
+//!
+//! Cases: `GUEST_PROPTEST_CASES` (default 3, each boots a guest). Shrunk failures go to
+//! `tests/proptest-regressions/guest_races.txt` and are replayed first. Soak:
+//!
+//! ```text
+//! GUEST_PROPTEST_CASES=50 scripts/kvm-lab.sh -- cargo test --release -p vmm --test guest_races -- --ignored
+//! ```
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest a guest may take to act on a resize.
+const SETTLE: Duration = Duration::from_secs(60);
+/// What a client tolerates for one pause (the VMM's own deadline is 5 s).
+const PAUSE_LIMIT: Duration = Duration::from_secs(8);
+const MAX: usize = 4;
+
+fn cpu_range(n: usize) -> String {
+    if n == 1 {
+        "0".into()
+    } else {
+        format!("0-{}", n - 1)
+    }
+}
+
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "real guest: scripts/test.sh runs it with --ignored (hardware KVM, else the nested-KVM lab)"]
+fn pause_storm_during_resize_rounds() {
+    let _slot = guest_slot();
+    let mut g = GuestVm::boot_watch("races", 1, MAX);
+    let threads = thread_count(g.pid());
+    let mut storm_conn =
+        ApiConn::connect(&g.socket, Duration::from_secs(5)).expect("second connection");
+    let stop = Arc::new(AtomicBool::new(false));
+    let pauses = Arc::new(AtomicU64::new(0));
+    let storm = {
+        let (stop, pauses) = (stop.clone(), pauses.clone());
+        std::thread::spawn(move || -> Result<Duration, String> {
+            let mut slowest = Duration::ZERO;
+            while !stop.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                let r = storm_conn.call("pause", json!({}));
+                let took = t.elapsed();
+                slowest = slowest.max(took);
+                match r {
+                    Some(v) if v["ok"] == true => {}
+                    other => return Err(format!("pause failed after {took:?}: {other:?}")),
+                }
+                if took > PAUSE_LIMIT {
+                    return Err(format!("a pause took {took:?}"));
+                }
+                pauses.fetch_add(1, Ordering::Relaxed);
+                match storm_conn.call("resume", json!({})) {
+                    Some(v) if v["ok"] == true => {}
+                    other => return Err(format!("resume failed: {other:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(slowest)
+        })
+    };
+    let rounds = std::env::var("GUEST_RACE_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let started = Instant::now();
+    for round in 0..rounds {
+        for n in [4, 1, 3, 2, 4, 1] {
+            // Growing right after a shrink may find slots still on their way out.
+            let deadline = Instant::now() + SETTLE;
+            loop {
+                let r = g.call("resize", json!({ "cpus": n }));
+                if r["ok"] == true {
+                    break;
+                }
+                assert_eq!(
+                    r["error"]["kind"], "slots_busy",
+                    "round {round} resize {n}: {r}"
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: resize {n} refused for too long: {r}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            g.expect_cpus(&cpu_range(n), &cpu_range(n), SETTLE);
+            if n < MAX {
+                g.expect_reaped(&(n..MAX).collect::<Vec<_>>(), SETTLE);
+            }
+            assert!(!storm.is_finished(), "the storm stopped early");
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let slowest = storm
+        .join()
+        .expect("storm thread panicked")
+        .unwrap_or_else(|e| panic!("{e}\n{}", g.vm.diagnostics()));
+    let info = g.info();
+    let stats = &info["stats"];
+    println!(
+        "races: {rounds} rounds in {:?}, {} pauses (slowest {slowest:?}), ejects {}, \
+         pauses during eject writes {}, during reaps {}, during hotplug accesses {}",
+        started.elapsed(),
+        pauses.load(Ordering::Relaxed),
+        stats["ejects"],
+        stats["pauses_during_eject"],
+        stats["pauses_during_reap"],
+        stats["pauses_during_hotplug_access"],
+    );
+    // Per round: 4 -> 1 gives back 3 CPUs, 3 -> 2 one, 4 -> 1 three.
+    assert_eq!(stats["ejects"].as_u64(), Some(rounds as u64 * 7), "{info}");
+    assert_eq!(
+        thread_count(g.pid()),
+        threads,
+        "threads leaked over {rounds} rounds"
+    );
+    assert!(pauses.load(Ordering::Relaxed) > 0);
+    g.finish();
+}
+
+// ---- random sequences ----
+
+#[derive(Clone, Debug)]
+enum Op {
+    Pause,
+    Resume,
+    Resize(usize),
+    /// Let the guest run (or stay paused) for this many milliseconds.
+    Wait(u64),
+    /// Resume if paused, wait for the guest to act, compare with the model.
+    Settle,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => Just(Op::Pause),
+        2 => Just(Op::Resume),
+        4 => (0..=MAX + 1).prop_map(Op::Resize),
+        1 => (0u64..300).prop_map(Op::Wait),
+        2 => Just(Op::Settle),
+    ]
+}
+
+/// What a client and the guest can see, as the contract says.
+#[derive(Debug)]
+struct Model {
+    paused: bool,
+    target: usize,
+    /// A shrink was accepted since the last settle: growing may meet `slots_busy`.
+    maybe_ejecting: bool,
+}
+
+fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), TestCaseError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(TestCaseError::fail(what()))
+    }
+}
+
+fn settle(g: &mut GuestVm, m: &mut Model) -> Result<(), TestCaseError> {
+    if m.paused {
+        let r = g.call("resume", json!({}));
+        check(r["ok"] == true, || format!("settle: resume -> {r}"))?;
+        m.paused = false;
+    }
+    let want = cpu_range(m.target);
+    g.try_expect_cpus(&want, &want, SETTLE)
+        .map_err(TestCaseError::fail)?;
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let info = g.call("info", json!({}));
+        let absent = (m.target..MAX).all(|i| info["vcpus"][i]["state"] == "absent");
+        if absent && info["active_vcpus"] == m.target && info["paused"] == false {
+            break;
+        }
+        check(Instant::now() < deadline, || {
+            format!("info never matched target {}: {info}", m.target)
+        })?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    m.maybe_ejecting = false;
+    Ok(())
+}
+
+fn run_case(boot: usize, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut g = GuestVm::boot_watch("props", boot, MAX);
+    let mut m = Model {
+        paused: false,
+        target: boot,
+        maybe_ejecting: false,
+    };
+    for (step, op) in ops.iter().enumerate() {
+        let at = || format!("step {step} {op:?} (model {m:?})");
+        match op {
+            Op::Pause => {
+                let t = Instant::now();
+                let r = g.call("pause", json!({}));
+                check(r["ok"] == true && t.elapsed() < PAUSE_LIMIT, || {
+                    format!("{}: {r} after {:?}", at(), t.elapsed())
+                })?;
+                m.paused = true;
+            }
+            Op::Resume => {
+                let r = g.call("resume", json!({}));
+                if m.paused {
+                    check(r["ok"] == true, || format!("{}: {r}", at()))?;
+                } else {
+                    check(r["error"]["kind"] == "not_paused", || {
+                        format!("{}: {r}", at())
+                    })?;
+                }
+                m.paused = false;
+            }
+            Op::Resize(n) => {
+                let r = g.call("resize", json!({ "cpus": n }));
+                let kind = r["error"]["kind"].as_str().unwrap_or("").to_string();
+                if *n == 0 {
+                    check(kind == "zero", || format!("{}: {r}", at()))?;
+                } else if *n > MAX {
+                    check(kind == "above_max", || format!("{}: {r}", at()))?;
+                } else if r["ok"] == true {
+                    if *n < m.target {
+                        m.maybe_ejecting = true;
+                    }
+                    m.target = *n;
+                } else {
+                    check(
+                        kind == "slots_busy" && m.maybe_ejecting && *n > m.target,
+                        || format!("{}: refused: {r}", at()),
+                    )?;
+                }
+            }
+            Op::Wait(ms) => {
+                // Lines the guest wrote just before a pause may still be on their way to
+                // the test's reader: look only at what comes after a grace period.
+                let grace = (*ms).min(100);
+                std::thread::sleep(Duration::from_millis(grace));
+                let before = g.vm.lines().len();
+                std::thread::sleep(Duration::from_millis(ms - grace));
+                if m.paused {
+                    let new: Vec<String> = g.vm.lines()[before..].to_vec();
+                    check(new.is_empty(), || {
+                        format!("{}: a paused guest printed {new:?}", at())
+                    })?;
+                }
+            }
+            Op::Settle => settle(&mut g, &mut m)?,
+        }
+    }
+    settle(&mut g, &mut m)?;
+    g.finish();
+    Ok(())
+}
+
+const REGRESSIONS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/proptest-regressions/guest_races.txt"
+);
+
+#[test]
+#[ignore = "real guest: scripts/test.sh runs it with --ignored (hardware KVM, else the nested-KVM lab)"]
+fn random_sequences_match_the_guest_visible_contract() {
+    let _slot = guest_slot();
+    let cases = std::env::var("GUEST_PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let config = Config {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
+        source_file: Some(file!()),
+        // Each case boots a guest: shrink for at most ten minutes.
+        max_shrink_iters: 64,
+        max_shrink_time: 600_000,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new(config);
+    let strategy = (1..=MAX, proptest::collection::vec(op(), 3..10));
+    let started = Instant::now();
+    let result = runner.run(&strategy, |(boot, ops)| run_case(boot, &ops));
+    println!("guest proptest: {cases} case(s) in {:?}", started.elapsed());
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
