@@ -1,6 +1,6 @@
 //! Property-based state-machine tests of pause/resume/hotplug on the REAL KVM backend.
 //!
-//! Each case boots the synthetic guest of `vmm::testguest` in process through
+//! Each case boots the synthetic guest of `vmm_testguest` in process through
 //! `vmm::vm::Vm` (max 1..=4 vCPUs, boot 1..=max) with `set_all_vcpus_boot`, so every vCPU
 //! runs the guest's CSCN-like loop: select i, read status, clear "inserting", eject CPUs
 //! marked "removing", count a round. Then a random sequence of operations runs:
@@ -63,8 +63,8 @@ use vcpu_sync::{
     CoreError, Life, WriteEffect, REG_SELECT, REG_STATUS, STATUS_EJECT, STATUS_ENABLED,
     STATUS_INSERTING, STATUS_REMOVING,
 };
-use vmm::testguest::{progress, GuestFile, GuestSpec};
 use vmm::vm::{ResizeError, ResizeOutcome, Vm, VmInfo};
+use vmm_testguest::{progress, GuestFile, GuestSpec};
 
 /// Deadline handed to the core's own bounded waits (pause, hot_remove, shutdown).
 const CORE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -2,13 +2,13 @@
 //! port and MMIO accesses to the devices, turns guest power requests and vCPU exits into
 //! [`VmEvent`]s for the VMM's main thread, and never blocks beyond a short device lock.
 
-use crate::devices::acpi_pm::{self, PmAction};
-use crate::devices::cmos::Cmos;
-use crate::devices::hotplug::HotplugController;
-use crate::devices::i8042::{I8042Action, I8042};
-use crate::devices::serial::Serial;
-use crate::devices::Interrupt;
-use crate::layout::{
+use crate::vm::devices::acpi_pm::{self, PmAction};
+use crate::vm::devices::cmos::Cmos;
+use crate::vm::devices::hotplug::HotplugController;
+use crate::vm::devices::i8042::{I8042Action, I8042};
+use crate::vm::devices::serial::Serial;
+use crate::vm::devices::Interrupt;
+use crate::vm::layout::{
     ACPI_PM_PORT, CMOS_DATA_PORT, CMOS_INDEX_PORT, COM1_PORT, I8042_CMD_PORT, I8042_DATA_PORT,
     PCI_CONFIG_END, PCI_CONFIG_START, POST_PORT,
 };

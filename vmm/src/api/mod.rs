@@ -16,7 +16,7 @@
 
 pub mod protocol;
 
-use crate::bus::VmEvent;
+use crate::vm::bus::VmEvent;
 use crate::vm::{ResizeError, ResizeOutcome, Vm, VmInfo};
 use protocol::{parse_request, ApiError, Request, Response, MAX_REQUEST_LEN};
 use std::io::{self, Read, Write};

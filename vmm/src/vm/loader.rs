@@ -2,7 +2,7 @@
 //! (`boot_params`). Uses linux-loader for the image formats; the zero page is filled here
 //! because its contents (e820, RSDP, initrd) follow from this VMM's layout.
 
-use crate::memory::{e820_map, E820Entry};
+use crate::vm::memory::{e820_map, E820Entry};
 use kvm_backend::layout::{CMDLINE, CMDLINE_MAX, HIMEM_START, ZERO_PAGE};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::{self, BzImage, Cmdline, Elf, KernelLoader};
@@ -533,7 +533,7 @@ mod tests {
         let e = temp_file("elf", b"\x7fELF\x02\x01\x01");
         assert_eq!(probe_kernel(&e).unwrap(), KernelFormat::Elf);
         // A fake bzImage with a bad header is refused by the loader, not a panic.
-        let mem = crate::memory::create_guest_memory(128 << 20).unwrap();
+        let mem = crate::vm::memory::create_guest_memory(128 << 20).unwrap();
         assert!(matches!(
             load_kernel(&mem, &p),
             Err(LoaderError::Load { .. })

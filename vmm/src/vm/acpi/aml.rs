@@ -42,7 +42,7 @@
 //! The controller (fields) and the methods live in two devices because the field `CEJ0` and
 //! the method `CEJ0` would otherwise collide in one scope.
 
-use crate::acpi::madt_local_apic;
+use super::madt::madt_local_apic;
 use acpi_tables::aml::{
     self, Acquire, Add, BufferData, Device, EISAName, Else, Equal, Field, FieldAccessType,
     FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, LessThan, Local, Memory32Fixed,

@@ -3,14 +3,22 @@
 //! control API thread can hold an `Arc<Vm>` and call `pause`/`resume`/`resize`/`info`
 //! while the main thread sits in [`Vm::run`].
 
-use crate::bus::{DeviceBus, SerialOut, VmEvent};
-use crate::cli::Config;
-use crate::devices::ged::Ged;
-use crate::devices::Interrupt;
-use crate::error::Error;
-use crate::layout::{COM1_IRQ, GED_GSI, HOTPLUG_MMIO_BASE};
-use crate::{acpi, loader, memory};
+pub mod acpi;
+pub mod bus;
+pub mod devices;
+mod error;
+pub mod layout;
+pub mod loader;
+pub mod memory;
+
+pub use error::Error;
+
+use crate::config::VmConfig;
+use bus::{DeviceBus, SerialOut, VmEvent};
+use devices::ged::Ged;
+use devices::Interrupt;
 use kvm_backend::{BackendConfig, BootEntry, KvmBackend, KvmVm};
+use layout::{COM1_IRQ, GED_GSI, HOTPLUG_MMIO_BASE};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -227,7 +235,7 @@ impl std::fmt::Debug for Vm {
 }
 
 /// Checks what can be checked without the host: vCPU counts, memory size, the files.
-pub fn check_config(config: &Config) -> Result<(), Error> {
+pub fn check_config(config: &VmConfig) -> Result<(), Error> {
     if config.boot_vcpus == 0 || config.boot_vcpus > config.max_vcpus {
         return Err(Error::BadBootVcpus {
             boot: config.boot_vcpus,
@@ -247,12 +255,12 @@ pub fn check_config(config: &Config) -> Result<(), Error> {
 impl Vm {
     /// Builds the VM (memory, kernel, ACPI, devices, vCPU slots) without starting vCPUs.
     /// Serial output goes to stdout.
-    pub fn new(config: &Config) -> Result<Vm, Error> {
+    pub fn new(config: &VmConfig) -> Result<Vm, Error> {
         Self::with_serial(config, Box::new(std::io::stdout()))
     }
 
     /// [`Vm::new`] with serial output going to `serial_out`.
-    pub fn with_serial(config: &Config, serial_out: SerialOut) -> Result<Vm, Error> {
+    pub fn with_serial(config: &VmConfig, serial_out: SerialOut) -> Result<Vm, Error> {
         check_config(config)?;
         let kvm = Arc::new(KvmVm::new()?);
         let kvm_limit = kvm.max_vcpus();
@@ -306,6 +314,8 @@ impl Vm {
             },
             handler: bus.clone(),
         })?;
+        backend.set_all_vcpus_boot(config.aps_at_entry);
+        backend.set_all_vcpus_boot(config.aps_at_entry);
         let vcpus = Vcpus::new(config.max_vcpus, backend)?;
         // The bus (inside the backend) and the vCPUs now refer to each other; the cycle
         // lives as long as the VM, which is the process.
