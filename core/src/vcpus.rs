@@ -55,8 +55,56 @@ struct Inner<B: Backend> {
 
 /// The core's handle on a VM's vCPUs. Cheap to clone; every method may be called from any
 /// thread, including vCPU threads (the hotplug controller's MMIO handling does).
+///
+/// The handle owns the backend. Whatever the backend owns (a device model reached from
+/// its exit handler, say) must refer back to the core through a [`WeakVcpus`], or the two
+/// keep each other alive and dropping the VM frees nothing.
 pub struct Vcpus<B: Backend> {
-    inner: Arc<Inner<B>>,
+    // A std Arc even under loom: only its Weak is needed here, which loom's Arc lacks, and
+    // the reference count is not part of the protocol loom explores.
+    inner: std::sync::Arc<Inner<B>>,
+}
+
+/// A handle on the vCPUs that does not keep them (nor the backend) alive: for device models
+/// that the backend owns, which would otherwise form a reference cycle through it.
+pub struct WeakVcpus<B: Backend> {
+    inner: std::sync::Weak<Inner<B>>,
+}
+
+impl<B: Backend> WeakVcpus<B> {
+    /// A handle that never upgrades (nothing attached yet).
+    pub fn new() -> Self {
+        WeakVcpus {
+            inner: std::sync::Weak::new(),
+        }
+    }
+
+    /// The vCPUs, if some [`Vcpus`] handle still exists.
+    pub fn upgrade(&self) -> Option<Vcpus<B>> {
+        self.inner.upgrade().map(|inner| Vcpus { inner })
+    }
+}
+
+impl<B: Backend> Default for WeakVcpus<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B: Backend> Clone for WeakVcpus<B> {
+    fn clone(&self) -> Self {
+        WeakVcpus {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for WeakVcpus<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakVcpus")
+            .field("alive", &(self.inner.strong_count() > 0))
+            .finish()
+    }
 }
 
 impl<B: Backend> Clone for Vcpus<B> {
@@ -83,12 +131,19 @@ impl<B: Backend> Vcpus<B> {
         }
         let threads = (0..max_vcpus).map(|_| Mutex::new(None)).collect();
         Ok(Vcpus {
-            inner: Arc::new(Inner {
+            inner: std::sync::Arc::new(Inner {
                 shared: Arc::new(Shared::new(max_vcpus)),
                 backend,
                 threads,
             }),
         })
+    }
+
+    /// A handle that does not keep the vCPUs alive (see [`WeakVcpus`]).
+    pub fn downgrade(&self) -> WeakVcpus<B> {
+        WeakVcpus {
+            inner: std::sync::Arc::downgrade(&self.inner),
+        }
     }
 
     /// The number of slots, fixed at creation.

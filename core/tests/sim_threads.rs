@@ -414,3 +414,25 @@ fn without_rekick_a_lost_kick_is_diagnosed_not_hung() {
     eprintln!("lost-kick timeouts observed on real threads: {timeouts}");
     teardown(&vcpus, &sim);
 }
+
+#[test]
+fn a_weak_handle_does_not_keep_the_vcpus_alive() {
+    let sim = SimBackend::new(2, KickMode::ImmediateExit, false);
+    let vcpus = Vcpus::new(2, sim.clone()).expect("vcpus");
+    let weak = vcpus.downgrade();
+    assert!(vcpus_sync_weak_upgrades(&weak));
+    vcpus.start(0).expect("start");
+    vcpus.shutdown(T).expect("shutdown");
+    drop(vcpus);
+    assert!(
+        weak.upgrade().is_none(),
+        "a weak handle kept the vCPUs alive"
+    );
+    assert!(vcpu_sync::WeakVcpus::<SimBackend>::new()
+        .upgrade()
+        .is_none());
+}
+
+fn vcpus_sync_weak_upgrades(weak: &vcpu_sync::WeakVcpus<SimBackend>) -> bool {
+    weak.upgrade().is_some_and(|v| v.max_vcpus() == 2)
+}

@@ -317,8 +317,8 @@ impl Vm {
         backend.set_all_vcpus_boot(config.aps_at_entry);
         backend.set_all_vcpus_boot(config.aps_at_entry);
         let vcpus = Vcpus::new(config.max_vcpus, backend)?;
-        // The bus (inside the backend) and the vCPUs now refer to each other; the cycle
-        // lives as long as the VM, which is the process.
+        // The bus (inside the backend) refers back to the vCPUs weakly: dropping the Vm
+        // drops the vCPUs, the backend, the bus, the KVM fds and the guest memory.
         bus.hotplug().attach(vcpus.clone());
         let ged = Ged::new(Arc::new(KvmIrq {
             vm: kvm.clone(),

@@ -5,13 +5,15 @@
 //! callback.
 
 use std::sync::OnceLock;
-use vcpu_sync::{Backend, Vcpus, WriteEffect, HOTPLUG_REGION_SIZE};
+use vcpu_sync::{Backend, Vcpus, WeakVcpus, WriteEffect, HOTPLUG_REGION_SIZE};
 
 /// The controller's window and a handle on the vCPUs. The handle is set once the vCPUs
-/// exist (they are created after the exit handler that contains this device).
+/// exist (they are created after the exit handler that contains this device). It is weak:
+/// the vCPUs own the backend, which owns the exit handler that contains this device, so a
+/// strong handle would be a cycle that keeps the whole VM alive after it is dropped.
 pub struct HotplugController<B: Backend> {
     base: u64,
-    vcpus: OnceLock<Vcpus<B>>,
+    vcpus: OnceLock<WeakVcpus<B>>,
 }
 
 impl<B: Backend> std::fmt::Debug for HotplugController<B> {
@@ -31,9 +33,14 @@ impl<B: Backend> HotplugController<B> {
         }
     }
 
-    /// Connects the vCPUs. Later calls are ignored (there is one set of vCPUs per VM).
+    /// Connects the vCPUs (keeping only a [`WeakVcpus`]). Later calls are ignored (there
+    /// is one set of vCPUs per VM).
     pub fn attach(&self, vcpus: Vcpus<B>) {
-        let _ = self.vcpus.set(vcpus);
+        let _ = self.vcpus.set(vcpus.downgrade());
+    }
+
+    fn vcpus(&self) -> Option<Vcpus<B>> {
+        self.vcpus.get().and_then(WeakVcpus::upgrade)
     }
 
     /// The window's offset for `addr`, if the access `[addr, addr+len)` starts inside it.
@@ -44,7 +51,7 @@ impl<B: Backend> HotplugController<B> {
 
     /// Services a read at window offset `offset`.
     pub fn read(&self, offset: u64, data: &mut [u8]) {
-        match self.vcpus.get() {
+        match self.vcpus() {
             Some(v) => v.hotplug_read(offset, data),
             None => data.fill(0),
         }
@@ -52,7 +59,7 @@ impl<B: Backend> HotplugController<B> {
 
     /// Services a write at window offset `offset`.
     pub fn write(&self, offset: u64, data: &[u8]) -> WriteEffect {
-        match self.vcpus.get() {
+        match self.vcpus() {
             Some(v) => v.hotplug_write(offset, data),
             None => WriteEffect::None,
         }
