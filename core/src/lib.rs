@@ -16,9 +16,10 @@ mod error;
 mod hotplug;
 mod link;
 mod shared;
+#[cfg(feature = "sim")]
 pub mod sim;
 mod slot;
-pub mod sync;
+mod sync;
 mod vcpus;
 
 pub use backend::Backend;
@@ -28,4 +29,4 @@ pub use link::{Next, VcpuLink};
 pub use slot::{
     Life, Location, SlotReport, STATUS_EJECT, STATUS_ENABLED, STATUS_INSERTING, STATUS_REMOVING,
 };
-pub use vcpus::{Rekick, Stats, Vcpus, WeakVcpus, REKICK_INTERVAL};
+pub use vcpus::{Stats, Vcpus, WeakVcpus, REKICK_INTERVAL};

@@ -23,13 +23,14 @@ use std::time::Duration;
 /// How long a pauser sleeps between re-kicks of vCPUs that have not acknowledged.
 pub const REKICK_INTERVAL: Duration = Duration::from_millis(2);
 
-/// Whether `pause` re-kicks vCPUs that have not acknowledged. Only the model tests turn
-/// it off, to prove that a lost kick hangs a pause without it.
+/// Whether `pause` re-kicks vCPUs that have not acknowledged. Only the tests turn it off
+/// (through the `sim` feature), to prove that a lost kick hangs a pause without it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rekick {
     /// Re-kick every straggler after each wait slice (the only sound choice).
     Enabled,
     /// Kick once and wait. Unsound when a kick can be lost; kept as a negative control.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     Disabled,
 }
 
@@ -371,9 +372,9 @@ impl<B: Backend> Vcpus<B> {
         self.pause_with(timeout, Rekick::Enabled)
     }
 
-    /// [`Vcpus::pause`] with an explicit re-kick policy (model tests only).
-    #[doc(hidden)]
-    pub fn pause_with(&self, timeout: Duration, rekick: Rekick) -> Result<(), PauseError> {
+    /// [`Vcpus::pause`] with an explicit re-kick policy (`sim::pause_with`, for the
+    /// negative controls).
+    pub(crate) fn pause_with(&self, timeout: Duration, rekick: Rekick) -> Result<(), PauseError> {
         let deadline = Deadline::after(timeout);
         let shared = &*self.inner.shared;
         let epoch = self.enter_pause();

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use vcpu_sync::sim::{GuestOp, KickMode, Observed, SimBackend};
+use vcpu_sync::sim::{pause_with, GuestOp, KickMode, Observed, Rekick, SimBackend};
 use vcpu_sync::{
-    CoreError, Life, Location, PauseError, Rekick, Vcpus, WriteEffect, REG_SELECT, REG_STATUS,
+    CoreError, Life, Location, PauseError, Vcpus, WriteEffect, REG_SELECT, REG_STATUS,
     STATUS_EJECT, STATUS_ENABLED, STATUS_INSERTING, STATUS_REMOVING,
 };
 
@@ -396,7 +396,7 @@ fn without_rekick_a_lost_kick_is_diagnosed_not_hung() {
     let (vcpus, sim) = vm(1, 1, KickMode::Lossy);
     let mut timeouts = 0;
     for _ in 0..200 {
-        match vcpus.pause_with(Duration::from_millis(20), Rekick::Disabled) {
+        match pause_with(&vcpus, Duration::from_millis(20), Rekick::Disabled) {
             Ok(()) => {}
             Err(PauseError::Timeout(t)) => {
                 timeouts += 1;

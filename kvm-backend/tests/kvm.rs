@@ -8,7 +8,8 @@ use kvm_backend::layout::{BOOT_STACK, ZERO_PAGE};
 use kvm_backend::{BackendConfig, BootEntry, Error, GuestStop, KvmVm};
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
 use std::time::{Duration, Instant};
-use vcpu_sync::{Backend, Life, Location, Rekick, Vcpus};
+use vcpu_sync::sim::{pause_with, Rekick};
+use vcpu_sync::{Backend, Life, Location, Vcpus};
 use vm_memory::GuestAddress;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -317,8 +318,7 @@ fn single_kicks_stick(code: &[u8]) {
         while Instant::now() < gap {
             std::hint::spin_loop();
         }
-        t.vcpus
-            .pause_with(TIMEOUT, Rekick::Disabled)
+        pause_with(&t.vcpus, TIMEOUT, Rekick::Disabled)
             .unwrap_or_else(|e| panic!("pause {i} without re-kick: {e}"));
         let frozen = progress();
         assert_eq!(progress(), frozen, "guest ran while paused");

@@ -465,8 +465,7 @@ impl Model {
 // The VMM thread: every blocking call runs there, with a deadline
 // ---------------------------------------------------------------------------------------
 
-#[path = "../../core/tests/support/exec.rs"]
-mod exec;
+use vcpu_sync::sim::exec;
 type Exec = exec::Exec<Arc<Vm>>;
 
 // ---------------------------------------------------------------------------------------
@@ -549,7 +548,7 @@ impl Harness {
         // Every vCPU (boot and hot-added) starts like the BSP and runs the guest's loop.
         vm.vcpus().backend().set_all_vcpus_boot(true);
         let vm = Arc::new(vm);
-        let exec = Exec::new(vm.clone(), OP_LIMIT);
+        let exec = Exec::new(vm.clone(), OP_LIMIT).expect("spawn the VMM thread");
         let mut h = Harness {
             vm,
             exec,
