@@ -12,7 +12,7 @@
 
 use crate::backend::Backend;
 use crate::error::{CoreError, PauseError, PauseTimeout};
-use crate::link::VcpuLink;
+use crate::link::{current_vcpu, VcpuLink};
 use crate::shared::Shared;
 use crate::slot::{
     Life, Location, SlotReport, FLAG_REMOVE_REQUESTED, STATUS_INSERTING, STATUS_REMOVING,
@@ -54,8 +54,14 @@ struct Inner<B: Backend> {
     threads: Box<[Mutex<Option<B::Thread>>]>,
 }
 
-/// The core's handle on a VM's vCPUs. Cheap to clone; every method may be called from any
-/// thread, including vCPU threads (the hotplug controller's MMIO handling does).
+/// The core's handle on a VM's vCPUs. Cheap to clone.
+///
+/// Methods that wait for vCPU threads — [`Vcpus::pause`], [`Vcpus::hot_remove`],
+/// [`Vcpus::reap`], [`Vcpus::shutdown`] — are for VMM threads only: on a vCPU thread they
+/// return [`CoreError::OnVcpuThread`] / [`PauseError::OnVcpuThread`] at once (a vCPU cannot
+/// acknowledge its own pause or join its own thread). Every other method never waits for a
+/// vCPU and may be called from any thread, vCPU threads included (the hotplug controller's
+/// MMIO handling does).
 ///
 /// The handle owns the backend. Whatever the backend owns (a device model reached from
 /// its exit handler, say) must refer back to the core through a [`WeakVcpus`], or the two
@@ -155,6 +161,14 @@ impl<B: Backend> Vcpus<B> {
     /// The backend this core drives.
     pub fn backend(&self) -> &B {
         &self.inner.backend
+    }
+
+    /// Refuses `op` on a vCPU thread (see the type's docs).
+    fn vmm_thread_only(op: &'static str) -> Result<(), CoreError> {
+        match current_vcpu() {
+            Some(index) => Err(CoreError::OnVcpuThread { index, op }),
+            None => Ok(()),
+        }
     }
 
     fn check_index(&self, index: usize) -> Result<(), CoreError> {
@@ -265,7 +279,9 @@ impl<B: Backend> Vcpus<B> {
 
     /// Hot-removes vCPU `index` from the VMM side: stops it, waits (bounded) for its thread
     /// to leave the run loop, re-kicking it, and reaps it. No lock is held while waiting.
+    /// VMM threads only.
     pub fn hot_remove(&self, index: usize, timeout: Duration) -> Result<(), CoreError> {
+        Self::vmm_thread_only("hot_remove")?;
         self.check_index(index)?;
         self.stop(index)?;
         let deadline = Deadline::after(timeout);
@@ -298,9 +314,14 @@ impl<B: Backend> Vcpus<B> {
     }
 
     /// Joins every thread that has left its run loop and empties its slot. Returns the
-    /// indices reaped. Called by the VMM thread (never from a vCPU thread's MMIO handling,
-    /// which only stops a vCPU: two vCPUs ejecting each other must not wait on each other).
-    pub fn reap(&self) -> Vec<usize> {
+    /// indices reaped. VMM threads only (a vCPU thread's MMIO handling only stops a vCPU:
+    /// two vCPUs ejecting each other must not wait on each other).
+    pub fn reap(&self) -> Result<Vec<usize>, CoreError> {
+        Self::vmm_thread_only("reap")?;
+        Ok(self.reap_all())
+    }
+
+    fn reap_all(&self) -> Vec<usize> {
         (0..self.max_vcpus())
             .filter(|&i| self.reap_one(i))
             .collect()
@@ -325,15 +346,17 @@ impl<B: Backend> Vcpus<B> {
         }
     }
 
-    /// Stops every vCPU and reaps them all, waiting at most `timeout` in total.
+    /// Stops every vCPU and reaps them all, waiting at most `timeout` in total. VMM
+    /// threads only.
     pub fn shutdown(&self, timeout: Duration) -> Result<(), CoreError> {
+        Self::vmm_thread_only("shutdown")?;
         for i in 0..self.max_vcpus() {
             self.stop(i)?;
         }
         let deadline = Deadline::after(timeout);
         let shared = &*self.inner.shared;
         loop {
-            self.reap();
+            self.reap_all();
             let busy = (0..self.max_vcpus()).find(|&i| shared.slots[i].life() != Life::Absent);
             let Some(i) = busy else { return Ok(()) };
             if shared.slots[i].life() == Life::Active {
@@ -367,7 +390,8 @@ impl<B: Backend> Vcpus<B> {
     /// Pauses every vCPU: signal all, then wait all, re-kicking stragglers, with no lock
     /// held while waiting. Returns when every vCPU with a thread has acknowledged (a slot
     /// that empties meanwhile counts as acknowledged). Pausing while paused waits for the
-    /// pause in force. Past `timeout`, returns an error naming each missing vCPU.
+    /// pause in force. Past `timeout`, returns an error naming each missing vCPU. VMM
+    /// threads only.
     pub fn pause(&self, timeout: Duration) -> Result<(), PauseError> {
         self.pause_with(timeout, Rekick::Enabled)
     }
@@ -375,6 +399,9 @@ impl<B: Backend> Vcpus<B> {
     /// [`Vcpus::pause`] with an explicit re-kick policy (`sim::pause_with`, for the
     /// negative controls).
     pub(crate) fn pause_with(&self, timeout: Duration, rekick: Rekick) -> Result<(), PauseError> {
+        if let Some(index) = current_vcpu() {
+            return Err(PauseError::OnVcpuThread { index });
+        }
         let deadline = Deadline::after(timeout);
         let shared = &*self.inner.shared;
         let epoch = self.enter_pause();

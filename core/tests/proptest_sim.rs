@@ -1159,7 +1159,10 @@ impl Harness {
                     .all(|&i| self.vm.report(i).life == Life::Exited)
             })?;
         }
-        let got = self.exec.call("reap", |(v, _)| v.reap())?;
+        let got = self
+            .exec
+            .call("reap", |(v, _)| v.reap())?
+            .map_err(|e| e.to_string())?;
         if self.mode == KickMode::ImmediateExit {
             ensure!(
                 got == exiting,

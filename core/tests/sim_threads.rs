@@ -286,7 +286,7 @@ fn hotplug_register_semantics() {
     wait_until("ejected thread exits", || {
         vcpus.report(2).life == Life::Exited
     });
-    assert_eq!(vcpus.reap(), vec![2]);
+    assert_eq!(vcpus.reap().unwrap(), vec![2]);
     assert_eq!(vcpus.report(2).life, Life::Absent);
     assert_eq!(vcpus.stats().ejects, 1);
     // Odd offsets and sizes read as zero and ignore writes.
@@ -330,7 +330,7 @@ fn guest_can_eject_through_a_vcpu_while_a_pause_runs() {
     wait_until("ejected", || {
         vcpus.report(2).life == Life::Exited || vcpus.report(2).life == Life::Absent
     });
-    vcpus.reap();
+    vcpus.reap().unwrap();
     assert_eq!(vcpus.report(2).life, Life::Absent);
     teardown(&vcpus, &sim);
 }
@@ -435,4 +435,81 @@ fn a_weak_handle_does_not_keep_the_vcpus_alive() {
 
 fn vcpus_sync_weak_upgrades(weak: &vcpu_sync::WeakVcpus<SimBackend>) -> bool {
     weak.upgrade().is_some_and(|v| v.max_vcpus() == 2)
+}
+
+/// A backend whose vCPU 0, once in its run loop, calls every VMM-side method on its own
+/// thread and reports what they returned and how long they took.
+struct SelfCaller {
+    core: Arc<std::sync::OnceLock<vcpu_sync::WeakVcpus<SelfCaller>>>,
+    report: std::sync::mpsc::SyncSender<(Vec<String>, Duration, Option<usize>)>,
+}
+
+impl vcpu_sync::Backend for SelfCaller {
+    type Thread = thread::JoinHandle<()>;
+    type Error = std::io::Error;
+
+    fn spawn(&self, link: vcpu_sync::VcpuLink) -> Result<Self::Thread, std::io::Error> {
+        let core = self.core.clone();
+        let report = self.report.clone();
+        thread::Builder::new().spawn(move || {
+            let before = vcpu_sync::current_vcpu();
+            let mut first = link.index() == 0;
+            while link.checkpoint() == vcpu_sync::Next::Run {
+                if std::mem::take(&mut first) {
+                    let vcpus = core.get().and_then(|w| w.upgrade()).expect("core");
+                    let start = Instant::now();
+                    let errors = vec![
+                        format!("{:?}", vcpus.pause(Duration::from_millis(300))),
+                        format!("{:?}", vcpus.hot_remove(1, T)),
+                        format!("{:?}", vcpus.reap()),
+                        format!("{:?}", vcpus.shutdown(T)),
+                    ];
+                    // Calls that do not wait still work here.
+                    assert!(vcpus.request_removal(1).is_ok());
+                    assert!(vcpus.cancel_removal(1).expect("cancel"));
+                    let _ = report.send((errors, start.elapsed(), before));
+                }
+                thread::sleep(Duration::from_micros(200));
+            }
+        })
+    }
+
+    fn kick(&self, _index: usize) {}
+
+    fn join(&self, _index: usize, thread: Self::Thread) {
+        let _ = thread.join();
+    }
+}
+
+#[test]
+fn waiting_calls_on_a_vcpu_thread_fail_at_once_with_a_typed_error() {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let core = Arc::new(std::sync::OnceLock::new());
+    let vcpus = Vcpus::new(
+        2,
+        SelfCaller {
+            core: core.clone(),
+            report: tx,
+        },
+    )
+    .expect("vcpus");
+    core.set(vcpus.downgrade()).expect("set once");
+    vcpus.start(1).expect("start 1");
+    vcpus.start(0).expect("start 0");
+    let (errors, took, before) = rx.recv_timeout(T * 8).expect("vCPU 0 reported");
+    assert_eq!(before, None, "a fresh thread is not a vCPU thread yet");
+    assert_eq!(
+        errors[0], "Err(OnVcpuThread { index: 0 })",
+        "pause: {errors:?}"
+    );
+    for (e, op) in errors[1..].iter().zip(["hot_remove", "reap", "shutdown"]) {
+        assert_eq!(e, &format!("Err(OnVcpuThread {{ index: 0, op: {op:?} }})"));
+    }
+    assert!(took < Duration::from_secs(1), "refusals took {took:?}");
+    // The same calls work from this (VMM) thread.
+    assert_eq!(vcpu_sync::current_vcpu(), None);
+    vcpus.pause(T).expect("pause from the VMM thread");
+    assert!(vcpus.resume());
+    vcpus.shutdown(T).expect("shutdown from the VMM thread");
+    assert!(vcpus.reports().iter().all(|r| r.life == Life::Absent));
 }

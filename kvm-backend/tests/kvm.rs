@@ -185,7 +185,7 @@ fn triple_fault_reports_reset_and_exits() {
     );
     assert_eq!(*t.rec.stopped.lock().unwrap(), vec![(0, GuestStop::Reset)]);
     assert!(wait_until(TIMEOUT, || t.vcpus.report(0).life == Life::Exited));
-    assert_eq!(t.vcpus.reap(), vec![0]);
+    assert_eq!(t.vcpus.reap().unwrap(), vec![0]);
     assert_eq!(t.vcpus.report(0).life, Life::Absent);
 }
 
@@ -359,5 +359,5 @@ fn a_panicking_handler_stops_the_vcpu_cleanly() {
     );
     assert_eq!(*t.rec.exited.lock().unwrap(), vec![0]);
     // join() logs the panic instead of propagating it.
-    assert_eq!(t.vcpus.reap(), vec![0]);
+    assert_eq!(t.vcpus.reap().unwrap(), vec![0]);
 }

@@ -1010,7 +1010,10 @@ impl Harness {
     }
 
     fn reap(&mut self) -> Result<(), String> {
-        let got = self.exec.call("reap", |vm| vm.vcpus().reap())?;
+        let got = self
+            .exec
+            .call("reap", |vm| vm.vcpus().reap())?
+            .map_err(|e| e.to_string())?;
         let want = self.model.reap();
         ensure!(got == want, "reap() = {got:?}, model {want:?}");
         bump(&COUNTS.reaped, got.len() as u64);

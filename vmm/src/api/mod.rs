@@ -89,6 +89,8 @@ impl Control for VmControl {
             Ok(()) => Ok(()),
             Err(PauseError::Timeout(t)) => Err(ApiError::PauseTimeout(t)),
             Err(PauseError::Interrupted) => Err(ApiError::PauseInterrupted),
+            // The API's threads are never vCPU threads; kept typed all the same.
+            Err(e @ PauseError::OnVcpuThread { .. }) => Err(ApiError::Vcpu(e.to_string())),
         }
     }
 

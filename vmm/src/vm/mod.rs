@@ -371,7 +371,10 @@ impl Vm {
                 VmEvent::Shutdown => break Ok(Outcome::Shutdown),
                 VmEvent::Fatal(msg) => break Err(Error::Guest(msg)),
                 VmEvent::VcpuExited(_) | VmEvent::Ejected(_) => {
-                    let reaped = self.vcpus.reap();
+                    let reaped = match self.vcpus.reap() {
+                        Ok(r) => r,
+                        Err(e) => break Err(e.into()),
+                    };
                     if !reaped.is_empty() {
                         log::info!("reaped vCPU(s) {reaped:?}");
                     }
@@ -439,7 +442,7 @@ impl Vm {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(ResizeError::ShuttingDown);
         }
-        self.vcpus.reap();
+        self.vcpus.reap()?;
         let reports = self.vcpus.reports();
         let present = |r: &&SlotReport| matches!(r.life, Life::Starting | Life::Active);
         let staying: Vec<usize> = reports
