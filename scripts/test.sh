@@ -16,6 +16,9 @@ fi
 
 bash scripts/guest.sh
 
+echo "== docs (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
 echo "== workspace tests (std, real KVM)"
 cargo test --workspace --release
 

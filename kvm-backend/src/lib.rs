@@ -11,7 +11,7 @@
 //! other vCPU starts in reset and waits in the in-kernel LAPIC for INIT/SIPI, which is
 //! also how Linux brings hot-added CPUs online.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod backend;
 mod cpuid;
