@@ -1,5 +1,5 @@
 //! The DSDT's AML: `_S5_`, the CPU-hotplug controller, one processor device per possible
-//! CPU and the Generic Event Device, in the shape /work/shared/DESIGN.md describes (the
+//! CPU and the Generic Event Device, in the shape docs/design.md describes (the
 //! same register layout as Cloud Hypervisor's controller, so the same AML shape applies).
 //!
 //! Equivalent ASL (N = max vCPUs, B = the controller's MMIO base):
