@@ -215,6 +215,13 @@ pub struct Vm {
     ged: Ged,
     events_tx: Sender<VmEvent>,
     events_rx: Mutex<Option<Receiver<VmEvent>>>,
+    /// Serializes resizes with each other and with [`Vm::shutdown`], so each plans from a
+    /// snapshot no other resize changes. Only `resize` and `shutdown` take it, and both
+    /// refuse to run on a vCPU thread before taking it, so no vCPU ever waits for it. What
+    /// runs under it never waits for a vCPU: reading reports, withdrawing and requesting
+    /// removals (atomics), and hot-adds, whose vCPU-creation ioctls and thread spawn do not
+    /// wait for any running vCPU (the new thread is not waited for). Reaping (a join) and
+    /// the GED interrupt happen outside it. See the lock inventory in `docs/design.md`.
     resize_lock: Mutex<()>,
     /// Set once the main loop has decided to stop: no more resizes.
     stopping: AtomicBool,
@@ -390,10 +397,15 @@ impl Vm {
     }
 
     /// Stops and reaps every vCPU (bounded), flushing serial output.
+    /// VMM threads only: on a vCPU thread it logs an error and does nothing.
     pub fn shutdown(&self) {
+        if let Some(index) = vcpu_sync::current_vcpu() {
+            log::error!("Vm::shutdown called on the thread of vCPU {index}; ignored");
+            return;
+        }
         // A resize in progress finishes first; later ones are refused.
         {
-            let _serial = self.resize_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _resizing = self.resize_lock.lock().unwrap_or_else(|p| p.into_inner());
             self.stopping.store(true, Ordering::SeqCst);
         }
         // A paused vCPU must be able to see its stop: resume first.
@@ -428,6 +440,8 @@ impl Vm {
     ///
     /// Slots the guest is already ejecting are not reused until reaped. Resizing to the
     /// current count changes nothing. Errors leave the VM untouched (see [`ResizeError`]).
+    /// VMM threads only: on a vCPU thread it fails at once with
+    /// [`ResizeError::Vcpu`]`(`[`vcpu_sync::CoreError::OnVcpuThread`]`)`.
     pub fn resize(&self, n: usize) -> Result<ResizeOutcome, ResizeError> {
         if n == 0 {
             return Err(ResizeError::Zero);
@@ -438,11 +452,29 @@ impl Vm {
                 max: self.max_vcpus,
             });
         }
-        let _serial = self.resize_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Outside the lock: a join, and on a vCPU thread this fails at once (VMM-side only),
+        // before the lock is taken.
+        self.vcpus.reap()?;
+        let outcome = self.resize_locked(n)?;
+        if !outcome.added.is_empty() || !outcome.removing.is_empty() {
+            log::info!(
+                "resize to {n}: adding {:?}, removing {:?}, withdrawn removals {:?}",
+                outcome.added,
+                outcome.removing,
+                outcome.cancelled
+            );
+            self.ged.notify_cpu_change();
+        }
+        Ok(outcome)
+    }
+
+    /// The part of [`Vm::resize`] that plans from a snapshot and applies it, under
+    /// `resize_lock`.
+    fn resize_locked(&self, n: usize) -> Result<ResizeOutcome, ResizeError> {
+        let _resizing = self.resize_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.stopping.load(Ordering::SeqCst) {
             return Err(ResizeError::ShuttingDown);
         }
-        self.vcpus.reap()?;
         let reports = self.vcpus.reports();
         let present = |r: &&SlotReport| matches!(r.life, Life::Starting | Life::Active);
         let staying: Vec<usize> = reports
@@ -499,15 +531,6 @@ impl Vm {
                 self.vcpus.request_removal(i)?;
                 outcome.removing.push(i);
             }
-        }
-        if !outcome.added.is_empty() || !outcome.removing.is_empty() {
-            log::info!(
-                "resize to {n}: adding {:?}, removing {:?}, withdrawn removals {:?}",
-                outcome.added,
-                outcome.removing,
-                outcome.cancelled
-            );
-            self.ged.notify_cpu_change();
         }
         Ok(outcome)
     }
