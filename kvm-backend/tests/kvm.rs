@@ -3,8 +3,9 @@
 
 mod common;
 
+use common::ZERO_PAGE;
 use common::*;
-use kvm_backend::layout::{BOOT_STACK, ZERO_PAGE};
+use kvm_backend::layout::BOOT_STACK;
 use kvm_backend::{BackendConfig, BootEntry, Error, GuestStop, KvmVm};
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
 use std::time::{Duration, Instant};

@@ -29,7 +29,6 @@
 mod common;
 
 use common::{boot_timeout, guest_slot, kvm_available};
-use kvm_backend::layout::ZERO_PAGE;
 use kvm_backend::{BackendConfig, BootEntry, ExitHandler, GuestStop, KvmBackend, KvmVm};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -41,7 +40,7 @@ use vcpu_sync::{Life, Location, PauseError, Vcpus};
 use vm_memory::GuestAddress;
 use vmm::vm::bus::{DeviceBus, VmEvent};
 use vmm::vm::devices::NoInterrupt;
-use vmm::vm::layout::HOTPLUG_MMIO_BASE;
+use vmm::vm::layout::{HOTPLUG_MMIO_BASE, ZERO_PAGE};
 use vmm::vm::{Outcome, Vm};
 use vmm_testguest::{progress, GuestFile, GuestSpec};
 

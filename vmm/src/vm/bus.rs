@@ -18,10 +18,6 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use vcpu_sync::{Backend, WriteEffect};
 
-/// KVM system event types (`KVM_SYSTEM_EVENT_*`).
-const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
-const KVM_SYSTEM_EVENT_RESET: u32 = 2;
-
 /// Something the VMM's main thread must act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VmEvent {
@@ -230,8 +226,7 @@ impl<B: Backend> ExitHandler for DeviceBus<B> {
     fn guest_stopped(&self, vcpu: usize, reason: GuestStop) {
         let ev = match reason {
             GuestStop::Reset => VmEvent::Reboot,
-            GuestStop::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN) => VmEvent::PowerOff,
-            GuestStop::SystemEvent(KVM_SYSTEM_EVENT_RESET) => VmEvent::Reboot,
+            GuestStop::PowerOff => VmEvent::PowerOff,
             GuestStop::SystemEvent(other) => {
                 VmEvent::Fatal(format!("vCPU {vcpu}: guest system event {other} (crash)"))
             }

@@ -322,7 +322,6 @@ impl Vm {
             handler: bus.clone(),
         })?;
         backend.set_all_vcpus_boot(config.aps_at_entry);
-        backend.set_all_vcpus_boot(config.aps_at_entry);
         let vcpus = Vcpus::new(config.max_vcpus, backend)?;
         // The bus (inside the backend) refers back to the vCPUs weakly: dropping the Vm
         // drops the vCPUs, the backend, the bus, the KVM fds and the guest memory.
