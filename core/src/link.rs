@@ -118,8 +118,9 @@ impl VcpuLink {
         self.shared.slots[self.index].set_location(location);
     }
 
-    /// Runs `f` (a device access) with the location set to "in MMIO handler", and counts
-    /// pauses that start while it runs.
+    /// Runs `f`, the handling of a device exit (MMIO or port I/O), with the location set to
+    /// [`Location::InMmio`]. A pauser that kicks this vCPU meanwhile counts its pause in
+    /// `Stats::pauses_overlapping_mmio`, and a pause stuck on a device handler names it.
     pub fn in_mmio<R>(&self, f: impl FnOnce() -> R) -> R {
         set_current_vcpu(Some(self.index));
         let slot = &self.shared.slots[self.index];
@@ -127,11 +128,6 @@ impl VcpuLink {
         let r = f();
         slot.set_location(Location::Userspace);
         r
-    }
-
-    /// Whether the slot has been told to stop (cheap; for run loops that poll).
-    pub fn stop_requested(&self) -> bool {
-        self.shared.slots[self.index].life() == Life::Stopping
     }
 }
 

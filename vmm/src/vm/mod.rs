@@ -208,7 +208,6 @@ pub struct ResizeOutcome {
 
 /// A booted (or bootable) VM.
 pub struct Vm {
-    kvm: Arc<KvmVm>,
     memory: GuestMemoryMmap,
     vcpus: Vcpus<KvmBackend>,
     bus: Arc<DeviceBus<KvmBackend>>,
@@ -332,7 +331,6 @@ impl Vm {
         }));
 
         Ok(Vm {
-            kvm,
             memory,
             vcpus,
             bus,
@@ -572,11 +570,6 @@ impl Vm {
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
-    }
-
-    /// The KVM VM.
-    pub fn kvm(&self) -> &KvmVm {
-        &self.kvm
     }
 
     /// The `--api-socket` path, for the control API.

@@ -1,8 +1,8 @@
 //! MMIO glue for the CPU-hotplug controller: maps guest accesses in the 12-byte window to
 //! the core's `Vcpus::hotplug_read/hotplug_write` (the register logic lives in the core so
 //! loom checks it with pause). Runs on vCPU threads and never blocks: an eject only *stops*
-//! the vCPU; the VMM's main thread reaps it when told through [`HotplugController`]'s
-//! callback.
+//! the vCPU; the exit bus reports the eject ([`crate::vm::bus::VmEvent::Ejected`]) and the
+//! VMM's main thread reaps it.
 
 use std::sync::OnceLock;
 use vcpu_sync::{Backend, Vcpus, WeakVcpus, WriteEffect, HOTPLUG_REGION_SIZE};
