@@ -1,6 +1,6 @@
 //! What a VM is, independent of how it was asked for (command line, tests, benchmarks):
 //! vCPUs at boot and at most, guest RAM, what to boot, and where to serve the control API.
-//! Nothing here checks the host or the files; [`crate::vm::check_config`] does.
+//! Nothing here checks the host or the files; `vm::check_config` does.
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! MMIO glue for the CPU-hotplug controller: maps guest accesses in the 12-byte window to
 //! the core's `Vcpus::hotplug_read/hotplug_write` (the register logic lives in the core so
 //! loom checks it with pause). Runs on vCPU threads and never blocks: an eject only *stops*
-//! the vCPU; the exit bus reports the eject ([`crate::vm::bus::VmEvent::Ejected`]) and the
+//! the vCPU; the exit bus reports the eject (`VmEvent::Ejected`) and the
 //! VMM's main thread reaps it.
 
 use std::sync::OnceLock;
