@@ -34,6 +34,9 @@ if [ "$real_guest_where" = lab ] || [ "$host_kvm" = none ]; then
     bash scripts/kvm-lab.sh --setup
 fi
 
+echo "== docs (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
 echo "== workspace tests (std, real KVM)"
 if [ "$host_kvm" = none ]; then
     echo "test.sh: no usable /dev/kvm here: every test binary runs inside the nested-KVM lab"
@@ -42,7 +45,7 @@ else
     cargo test --workspace --release
 fi
 
-real_guest_tests=(--test boot --test guest_storm)
+real_guest_tests=(--test boot --test guest_storm --test guest_hotplug --test guest_races)
 run_real() { if [ "$real_guest_where" = lab ]; then in_lab "$@"; else "$@"; fi; }
 echo "== real-guest tests on the Debian guest ($real_guest_where)"
 run_real cargo test --release -p vmm "${real_guest_tests[@]}" -- --ignored --test-threads=1 --nocapture

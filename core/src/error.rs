@@ -39,6 +39,15 @@ pub enum CoreError {
     /// A vCPU did not leave its run loop before the deadline.
     #[error("vCPU did not stop before the deadline: {0}")]
     StopTimeout(SlotReport),
+    /// A call that waits for vCPU threads was made on a vCPU thread, where it could only
+    /// wait for itself (or for a vCPU waiting for it). VMM threads only.
+    #[error("{op} was called on the thread of vCPU {index}; it waits for vCPU threads and may only be called from a VMM thread")]
+    OnVcpuThread {
+        /// The vCPU whose thread made the call.
+        index: usize,
+        /// What was called.
+        op: &'static str,
+    },
 }
 
 /// Why `pause()` returned without every vCPU acknowledging.
@@ -50,6 +59,15 @@ pub enum PauseError {
     /// A `resume()` ended this pause before every vCPU acknowledged it.
     #[error("pause was cancelled by a concurrent resume")]
     Interrupted,
+    /// `pause()` was called on a vCPU thread, which cannot acknowledge a pause while it
+    /// waits for one. VMM threads only.
+    #[error(
+        "pause was called on the thread of vCPU {index}; it may only be called from a VMM thread"
+    )]
+    OnVcpuThread {
+        /// The vCPU whose thread made the call.
+        index: usize,
+    },
 }
 
 /// The vCPUs that had not acknowledged a pause by its deadline.

@@ -1,6 +1,6 @@
 //! The CPU-hotplug controller's registers as pure logic over the slots.
 //!
-//! Layout (12 bytes, as in ../shared/DESIGN.md; the AML in the VMM's DSDT relies on it):
+//! Layout (12 bytes, as in the repository's docs/design.md; the AML in the VMM's DSDT relies on it):
 //!
 //! | offset | size | read | write |
 //! |---|---|---|---|

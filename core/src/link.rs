@@ -4,6 +4,35 @@ use crate::shared::Shared;
 use crate::slot::{Life, Location};
 use crate::sync::{lock, wait, Arc, Ordering};
 
+// Which vCPU the current thread runs, set when its run loop first calls into its link.
+// Not under loom: loom runs every model thread on one OS thread, so a std thread-local
+// would be shared by all of them (and no model calls a VMM-side method on a vCPU thread).
+#[cfg(not(loom))]
+std::thread_local! {
+    static CURRENT_VCPU: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The index of the vCPU the calling thread runs, or `None` on any other thread. A thread
+/// counts as a vCPU thread from its first [`VcpuLink::checkpoint`] or [`VcpuLink::in_mmio`]
+/// until its link is dropped. Methods that wait for vCPUs refuse to run on one.
+pub fn current_vcpu() -> Option<usize> {
+    #[cfg(not(loom))]
+    {
+        CURRENT_VCPU.with(|c| c.get())
+    }
+    #[cfg(loom)]
+    {
+        None
+    }
+}
+
+fn set_current_vcpu(index: Option<usize>) {
+    #[cfg(not(loom))]
+    CURRENT_VCPU.with(|c| c.set(index));
+    #[cfg(loom)]
+    let _ = index;
+}
+
 /// What the run loop does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
@@ -47,6 +76,7 @@ impl VcpuLink {
     /// cleared whatever made the last kick stick. If a pause is in force this acknowledges
     /// it and parks until `resume()`; a stop (eject, shutdown) returns [`Next::Exit`].
     pub fn checkpoint(&self) -> Next {
+        set_current_vcpu(Some(self.index));
         let slot = &self.shared.slots[self.index];
         if slot.life() == Life::Stopping {
             return Next::Exit;
@@ -88,24 +118,24 @@ impl VcpuLink {
         self.shared.slots[self.index].set_location(location);
     }
 
-    /// Runs `f` (a device access) with the location set to "in MMIO handler", and counts
-    /// pauses that start while it runs.
+    /// Runs `f`, the handling of a device exit (MMIO or port I/O), with the location set to
+    /// [`Location::InMmio`]. A pauser that kicks this vCPU meanwhile counts its pause in
+    /// `Stats::pauses_overlapping_mmio`, and a pause stuck on a device handler names it.
     pub fn in_mmio<R>(&self, f: impl FnOnce() -> R) -> R {
+        set_current_vcpu(Some(self.index));
         let slot = &self.shared.slots[self.index];
         slot.set_location(Location::InMmio);
         let r = f();
         slot.set_location(Location::Userspace);
         r
     }
-
-    /// Whether the slot has been told to stop (cheap; for run loops that poll).
-    pub fn stop_requested(&self) -> bool {
-        self.shared.slots[self.index].life() == Life::Stopping
-    }
 }
 
 impl Drop for VcpuLink {
     fn drop(&mut self) {
+        if current_vcpu() == Some(self.index) {
+            set_current_vcpu(None);
+        }
         let slot = &self.shared.slots[self.index];
         slot.set_location(Location::Exited);
         slot.life.store(Life::Exited as u8, Ordering::SeqCst);

@@ -1,5 +1,5 @@
 //! One vCPU slot: its lifecycle, the guest-visible hotplug bits, and the atomics of the
-//! kick/acknowledge handshake. Slots are allocated once and never move (DESIGN rule 1).
+//! kick/acknowledge handshake. Slots are allocated once and never move (docs/design.md, rule 1).
 
 use crate::sync::{lock, AtomicU64, AtomicU8, Condvar, Mutex, Ordering};
 use std::fmt;
@@ -82,7 +82,7 @@ impl fmt::Display for Location {
     }
 }
 
-/// Guest-visible status bits (register offset 4), as DESIGN.md lays them out.
+/// Guest-visible status bits (register offset 4), as docs/design.md lays them out.
 pub const STATUS_ENABLED: u8 = 1 << 0;
 /// Hot-add pending guest scan.
 pub const STATUS_INSERTING: u8 = 1 << 1;

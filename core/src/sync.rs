@@ -1,4 +1,5 @@
-//! The one place the core imports synchronization from.
+//! The one place the core imports synchronization from (crate-private, as tokio's
+//! `src/loom` is: `--cfg loom` changes what the core is built from, never a public type).
 //!
 //! Under `--cfg loom` every primitive is loom's model, so the exact code that runs in the
 //! VMM is the code loom explores. Time does not exist under loom: a [`Deadline`] never
@@ -7,19 +8,18 @@
 //! moment) or blocks until notified; how many timeouts one execution may see is the
 //! model's choice ([`model_time`]).
 
+// The simulated backend (feature `sim`) is the only user of some of these.
+#![cfg_attr(not(feature = "sim"), allow(unused_imports))]
+
 #[cfg(loom)]
-pub use loom::sync::atomic::{
-    fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
-};
+pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 #[cfg(loom)]
 pub use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
 #[cfg(loom)]
 pub use loom::thread;
 
 #[cfg(not(loom))]
-pub use std::sync::atomic::{
-    fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
-};
+pub use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 #[cfg(not(loom))]
 pub use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 #[cfg(not(loom))]

@@ -12,7 +12,7 @@
 
 use crate::backend::Backend;
 use crate::error::{CoreError, PauseError, PauseTimeout};
-use crate::link::VcpuLink;
+use crate::link::{current_vcpu, VcpuLink};
 use crate::shared::Shared;
 use crate::slot::{
     Life, Location, SlotReport, FLAG_REMOVE_REQUESTED, STATUS_INSERTING, STATUS_REMOVING,
@@ -23,13 +23,14 @@ use std::time::Duration;
 /// How long a pauser sleeps between re-kicks of vCPUs that have not acknowledged.
 pub const REKICK_INTERVAL: Duration = Duration::from_millis(2);
 
-/// Whether `pause` re-kicks vCPUs that have not acknowledged. Only the model tests turn
-/// it off, to prove that a lost kick hangs a pause without it.
+/// Whether `pause` re-kicks vCPUs that have not acknowledged. Only the tests turn it off
+/// (through the `sim` feature), to prove that a lost kick hangs a pause without it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rekick {
     /// Re-kick every straggler after each wait slice (the only sound choice).
     Enabled,
     /// Kick once and wait. Unsound when a kick can be lost; kept as a negative control.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     Disabled,
 }
 
@@ -53,10 +54,64 @@ struct Inner<B: Backend> {
     threads: Box<[Mutex<Option<B::Thread>>]>,
 }
 
-/// The core's handle on a VM's vCPUs. Cheap to clone; every method may be called from any
-/// thread, including vCPU threads (the hotplug controller's MMIO handling does).
+/// The core's handle on a VM's vCPUs. Cheap to clone.
+///
+/// Methods that wait for vCPU threads — [`Vcpus::pause`], [`Vcpus::hot_remove`],
+/// [`Vcpus::reap`], [`Vcpus::shutdown`] — are for VMM threads only: on a vCPU thread they
+/// return [`CoreError::OnVcpuThread`] / [`PauseError::OnVcpuThread`] at once (a vCPU cannot
+/// acknowledge its own pause or join its own thread). Every other method never waits for a
+/// vCPU and may be called from any thread, vCPU threads included (the hotplug controller's
+/// MMIO handling does).
+///
+/// The handle owns the backend. Whatever the backend owns (a device model reached from
+/// its exit handler, say) must refer back to the core through a [`WeakVcpus`], or the two
+/// keep each other alive and dropping the VM frees nothing.
 pub struct Vcpus<B: Backend> {
-    inner: Arc<Inner<B>>,
+    // A std Arc even under loom: only its Weak is needed here, which loom's Arc lacks, and
+    // the reference count is not part of the protocol loom explores.
+    inner: std::sync::Arc<Inner<B>>,
+}
+
+/// A handle on the vCPUs that does not keep them (nor the backend) alive: for device models
+/// that the backend owns, which would otherwise form a reference cycle through it.
+pub struct WeakVcpus<B: Backend> {
+    inner: std::sync::Weak<Inner<B>>,
+}
+
+impl<B: Backend> WeakVcpus<B> {
+    /// A handle that never upgrades (nothing attached yet).
+    pub fn new() -> Self {
+        WeakVcpus {
+            inner: std::sync::Weak::new(),
+        }
+    }
+
+    /// The vCPUs, if some [`Vcpus`] handle still exists.
+    pub fn upgrade(&self) -> Option<Vcpus<B>> {
+        self.inner.upgrade().map(|inner| Vcpus { inner })
+    }
+}
+
+impl<B: Backend> Default for WeakVcpus<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B: Backend> Clone for WeakVcpus<B> {
+    fn clone(&self) -> Self {
+        WeakVcpus {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for WeakVcpus<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakVcpus")
+            .field("alive", &(self.inner.strong_count() > 0))
+            .finish()
+    }
 }
 
 impl<B: Backend> Clone for Vcpus<B> {
@@ -83,12 +138,19 @@ impl<B: Backend> Vcpus<B> {
         }
         let threads = (0..max_vcpus).map(|_| Mutex::new(None)).collect();
         Ok(Vcpus {
-            inner: Arc::new(Inner {
+            inner: std::sync::Arc::new(Inner {
                 shared: Arc::new(Shared::new(max_vcpus)),
                 backend,
                 threads,
             }),
         })
+    }
+
+    /// A handle that does not keep the vCPUs alive (see [`WeakVcpus`]).
+    pub fn downgrade(&self) -> WeakVcpus<B> {
+        WeakVcpus {
+            inner: std::sync::Arc::downgrade(&self.inner),
+        }
     }
 
     /// The number of slots, fixed at creation.
@@ -99,6 +161,14 @@ impl<B: Backend> Vcpus<B> {
     /// The backend this core drives.
     pub fn backend(&self) -> &B {
         &self.inner.backend
+    }
+
+    /// Refuses `op` on a vCPU thread (see the type's docs).
+    fn vmm_thread_only(op: &'static str) -> Result<(), CoreError> {
+        match current_vcpu() {
+            Some(index) => Err(CoreError::OnVcpuThread { index, op }),
+            None => Ok(()),
+        }
     }
 
     fn check_index(&self, index: usize) -> Result<(), CoreError> {
@@ -209,7 +279,9 @@ impl<B: Backend> Vcpus<B> {
 
     /// Hot-removes vCPU `index` from the VMM side: stops it, waits (bounded) for its thread
     /// to leave the run loop, re-kicking it, and reaps it. No lock is held while waiting.
+    /// VMM threads only.
     pub fn hot_remove(&self, index: usize, timeout: Duration) -> Result<(), CoreError> {
+        Self::vmm_thread_only("hot_remove")?;
         self.check_index(index)?;
         self.stop(index)?;
         let deadline = Deadline::after(timeout);
@@ -242,9 +314,14 @@ impl<B: Backend> Vcpus<B> {
     }
 
     /// Joins every thread that has left its run loop and empties its slot. Returns the
-    /// indices reaped. Called by the VMM thread (never from a vCPU thread's MMIO handling,
-    /// which only stops a vCPU: two vCPUs ejecting each other must not wait on each other).
-    pub fn reap(&self) -> Vec<usize> {
+    /// indices reaped. VMM threads only (a vCPU thread's MMIO handling only stops a vCPU:
+    /// two vCPUs ejecting each other must not wait on each other).
+    pub fn reap(&self) -> Result<Vec<usize>, CoreError> {
+        Self::vmm_thread_only("reap")?;
+        Ok(self.reap_all())
+    }
+
+    fn reap_all(&self) -> Vec<usize> {
         (0..self.max_vcpus())
             .filter(|&i| self.reap_one(i))
             .collect()
@@ -269,15 +346,17 @@ impl<B: Backend> Vcpus<B> {
         }
     }
 
-    /// Stops every vCPU and reaps them all, waiting at most `timeout` in total.
+    /// Stops every vCPU and reaps them all, waiting at most `timeout` in total. VMM
+    /// threads only.
     pub fn shutdown(&self, timeout: Duration) -> Result<(), CoreError> {
+        Self::vmm_thread_only("shutdown")?;
         for i in 0..self.max_vcpus() {
             self.stop(i)?;
         }
         let deadline = Deadline::after(timeout);
         let shared = &*self.inner.shared;
         loop {
-            self.reap();
+            self.reap_all();
             let busy = (0..self.max_vcpus()).find(|&i| shared.slots[i].life() != Life::Absent);
             let Some(i) = busy else { return Ok(()) };
             if shared.slots[i].life() == Life::Active {
@@ -318,14 +397,18 @@ impl<B: Backend> Vcpus<B> {
     /// Pauses every vCPU: signal all, then wait all, re-kicking stragglers, with no lock
     /// held while waiting. Returns when every vCPU with a thread has acknowledged (a slot
     /// that empties meanwhile counts as acknowledged). Pausing while paused waits for the
-    /// pause in force. Past `timeout`, returns an error naming each missing vCPU.
+    /// pause in force. Past `timeout`, returns an error naming each missing vCPU. VMM
+    /// threads only.
     pub fn pause(&self, timeout: Duration) -> Result<(), PauseError> {
         self.pause_with(timeout, Rekick::Enabled)
     }
 
-    /// [`Vcpus::pause`] with an explicit re-kick policy (model tests only).
-    #[doc(hidden)]
-    pub fn pause_with(&self, timeout: Duration, rekick: Rekick) -> Result<(), PauseError> {
+    /// [`Vcpus::pause`] with an explicit re-kick policy (`sim::pause_with`, for the
+    /// negative controls).
+    pub(crate) fn pause_with(&self, timeout: Duration, rekick: Rekick) -> Result<(), PauseError> {
+        if let Some(index) = current_vcpu() {
+            return Err(PauseError::OnVcpuThread { index });
+        }
         let deadline = Deadline::after(timeout);
         let shared = &*self.inner.shared;
         let epoch = self.enter_pause();

@@ -686,8 +686,7 @@ fn report_after_add(v: &Vm, i: usize) -> SlotReport {
 // The VMM thread: every blocking call runs there, with a deadline
 // ---------------------------------------------------------------------------------------
 
-#[path = "support/exec.rs"]
-mod exec;
+use vcpu_sync::sim::exec;
 type Exec = exec::Exec<(Vm, SimBackend)>;
 
 // ---------------------------------------------------------------------------------------
@@ -759,7 +758,7 @@ struct Harness {
 impl Harness {
     fn new(case: &Case, bug: Bug) -> Result<Harness, String> {
         let (vm, sim) = SimBackend::create(case.max, case.mode, true);
-        let exec = Exec::new((vm.clone(), sim.clone()), OP_LIMIT);
+        let exec = Exec::new((vm.clone(), sim.clone()), OP_LIMIT).expect("spawn the VMM thread");
         let mut h = Harness {
             vm,
             sim,
@@ -1160,7 +1159,10 @@ impl Harness {
                     .all(|&i| self.vm.report(i).life == Life::Exited)
             })?;
         }
-        let got = self.exec.call("reap", |(v, _)| v.reap())?;
+        let got = self
+            .exec
+            .call("reap", |(v, _)| v.reap())?
+            .map_err(|e| e.to_string())?;
         if self.mode == KickMode::ImmediateExit {
             ensure!(
                 got == exiting,

@@ -88,7 +88,7 @@ pub fn hotplug_mmio(data: &[u8]) {
             }
             // The VMM reaps ejected vCPUs.
             _ => {
-                vcpus.reap();
+                let _ = vcpus.reap();
             }
         }
     }

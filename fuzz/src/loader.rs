@@ -22,8 +22,8 @@ pub fn kernel_image(data: &[u8]) {
     if let Err(e) = std::fs::write(&path, data) {
         panic!("cannot write {}: {e}", path.display());
     }
-    let probed = vmm::loader::probe_kernel(&path);
-    let loaded = vmm::loader::load_kernel(&mem, &path);
+    let probed = vmm::vm::loader::probe_kernel(&path);
+    let loaded = vmm::vm::loader::load_kernel(&mem, &path);
     let _ = std::fs::remove_file(&path);
     match loaded {
         Ok(k) => {

@@ -134,7 +134,7 @@ fn kernel_image_corpus() {
     }
     // A valid ELF guest, then truncated and byte-flipped variants of it: the loader must
     // load the first and refuse or safely load every variant.
-    let elf = vmm::testguest::elf(&vmm::testguest::GuestSpec::spinner());
+    let elf = vmm_testguest::elf(&vmm_testguest::GuestSpec::spinner()).expect("spinner ELF");
     vmm_fuzz::kernel_image(&elf);
     for cut in (0..elf.len()).step_by(7) {
         vmm_fuzz::kernel_image(&elf[..cut]);

@@ -16,7 +16,10 @@ use crate::emulation;
 use crate::error::Error;
 use crate::setup;
 use crate::{BackendConfig, BootEntry, ExitHandler, GuestStop};
-use kvm_bindings::{kvm_mp_state, CpuId, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
+use kvm_bindings::{
+    kvm_mp_state, CpuId, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
@@ -452,7 +455,11 @@ fn run_loop(
             }
             Ok(VcpuExit::SystemEvent(kind, data)) => {
                 log::info!("vCPU {index}: KVM_EXIT_SYSTEM_EVENT type {kind} data {data:x?}");
-                break Some(GuestStop::SystemEvent(kind));
+                break Some(match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => GuestStop::PowerOff,
+                    KVM_SYSTEM_EVENT_RESET => GuestStop::Reset,
+                    other => GuestStop::SystemEvent(other),
+                });
             }
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
                 break Some(GuestStop::Fatal(format!(

@@ -5,8 +5,8 @@
 //! the KVM API, runs guest user mode natively and guest kernel (ring-0) code through KVM's
 //! instruction emulator. That emulator lacks some instructions (`cmpxchg16b`,
 //! `xsave`/`xrstor[s]`, `popcnt`, `ldmxcsr`, `int3`, `fwait`, ...) and is slow, so the
-//! backend hides the CPU features that lead Linux to those instructions ([`crate::cpuid`])
-//! and finishes `int3`/`fwait` itself ([`crate::emulation`]), and the VMM adds kernel
+//! backend hides the CPU features that lead Linux to those instructions (`cpuid.rs`)
+//! and finishes `int3`/`fwait` itself (`emulation.rs`), and the VMM adds kernel
 //! parameters that avoid slow or unsupported paths. The CPUID masking is best effort: on
 //! kvm-pvm the guest kernel also gets the *host's* CPUID values (observed: XSAVE, POPCNT,
 //! AVX-512 reported although KVM_SET_CPUID2 hid them), which is why the VMM's

@@ -1,4 +1,7 @@
-//! Guest-physical addresses the backend writes at BSP setup; the VMM must keep them free.
+//! Guest-physical addresses the backend itself uses: the boot GDT, IDT, stack and page
+//! tables it writes at BSP setup, and KVM's TSS and identity-map pages. The VMM must keep
+//! them free; where the VMM puts the kernel, its `boot_params` and command line is the
+//! VMM's business (it passes the entry and zero page in `BootEntry`).
 
 /// The boot GDT (null, code64, data, TSS entries).
 pub const BOOT_GDT: u64 = 0x500;
@@ -15,16 +18,6 @@ pub const PDE: u64 = 0xb000;
 pub const PDE_COUNT: u64 = 4;
 /// Initial RSP/RBP of the BSP.
 pub const BOOT_STACK: u64 = 0x8ff0;
-/// The VMM writes `boot_params` here.
-pub const ZERO_PAGE: u64 = 0x7000;
-/// Kernel command line.
-pub const CMDLINE: u64 = 0x20000;
-/// Room for the kernel command line, in bytes.
-pub const CMDLINE_MAX: usize = 0x10000;
-/// Kernel load address.
-pub const HIMEM_START: u64 = 0x100000;
-/// 3 GiB: RAM stays below (the VMM rejects more than 3 GiB).
-pub const MMIO_GAP_START: u64 = 0xc000_0000;
 
 /// KVM's real-mode TSS (three pages), placed just under the BIOS area at the top of 4 GiB.
 pub const KVM_TSS_ADDRESS: usize = 0xfffb_d000;

@@ -1,7 +1,7 @@
 //! KVM backend for `vcpu_sync`.
 //!
 //! * [`KvmVm`] owns `/dev/kvm` and the VM: in-kernel irqchip and PIT, memory slots,
-//!   interrupt lines and irqfds.
+//!   interrupt lines.
 //! * [`KvmBackend`] implements [`vcpu_sync::Backend`]: it creates and configures vCPUs
 //!   (CPUID topology, MSRs, FPU, LAPIC, long mode for the BSP), runs each on a thread
 //!   named `vcpu<N>`, and kicks them with `immediate_exit` plus a `SIGRTMIN` signal.
@@ -11,7 +11,7 @@
 //! other vCPU starts in reset and waits in the in-kernel LAPIC for INIT/SIPI, which is
 //! also how Linux brings hot-added CPUs online.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod backend;
 mod cpuid;
@@ -54,9 +54,12 @@ pub trait ExitHandler: Send + Sync + 'static {
 /// Why a vCPU stopped the VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GuestStop {
-    /// KVM_EXIT_SHUTDOWN: a triple fault, which is also how x86 guests reset.
+    /// The guest reset the machine: KVM_EXIT_SHUTDOWN (a triple fault, which is also how
+    /// x86 guests reset) or a KVM_SYSTEM_EVENT_RESET.
     Reset,
-    /// KVM_EXIT_SYSTEM_EVENT with this type (`KVM_SYSTEM_EVENT_SHUTDOWN`, `_RESET`, ...).
+    /// The guest powered off (KVM_SYSTEM_EVENT_SHUTDOWN).
+    PowerOff,
+    /// Any other KVM_EXIT_SYSTEM_EVENT (a crash report, say), with its KVM type number.
     SystemEvent(u32),
     /// A KVM error or exit the backend cannot continue from; the text says which.
     Fatal(String),

@@ -1,4 +1,4 @@
-//! The VM: `/dev/kvm`, the VM fd, in-kernel irqchip and PIT, memory slots, interrupts.
+//! The VM: `/dev/kvm`, the VM fd, in-kernel irqchip and PIT, memory slots, interrupt lines.
 
 use crate::backend::KvmBackend;
 use crate::error::Error;
@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use vm_memory::{
     Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
 };
-use vmm_sys_util::eventfd::EventFd;
 
 /// A KVM VM with an in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT.
 pub struct KvmVm {
@@ -169,18 +168,6 @@ impl KvmVm {
         // SAFETY: every bit pattern is a valid u64.
         let bits = unsafe { entry.bits };
         Ok(bits & IOAPIC_RTE_MASKED == 0)
-    }
-
-    /// Makes a write to `fd` inject GSI `gsi` without a trip through the VMM.
-    pub fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), Error> {
-        self.vm
-            .register_irqfd(fd, gsi)
-            .map_err(Error::vm("KVM_IRQFD"))
-    }
-
-    /// The raw VM fd, for ioctls this crate does not wrap.
-    pub fn vm_fd(&self) -> &VmFd {
-        &self.vm
     }
 
     /// Creates the vCPU backend. Reads KVM_GET_SUPPORTED_CPUID once and installs the

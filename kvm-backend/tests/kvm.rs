@@ -3,12 +3,14 @@
 
 mod common;
 
+use common::ZERO_PAGE;
 use common::*;
-use kvm_backend::layout::{BOOT_STACK, ZERO_PAGE};
+use kvm_backend::layout::BOOT_STACK;
 use kvm_backend::{BackendConfig, BootEntry, Error, GuestStop, KvmVm};
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
 use std::time::{Duration, Instant};
-use vcpu_sync::{Backend, Life, Location, Rekick, Vcpus};
+use vcpu_sync::sim::{pause_with, Rekick};
+use vcpu_sync::{Backend, Life, Location, Vcpus};
 use vm_memory::GuestAddress;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -184,7 +186,7 @@ fn triple_fault_reports_reset_and_exits() {
     );
     assert_eq!(*t.rec.stopped.lock().unwrap(), vec![(0, GuestStop::Reset)]);
     assert!(wait_until(TIMEOUT, || t.vcpus.report(0).life == Life::Exited));
-    assert_eq!(t.vcpus.reap(), vec![0]);
+    assert_eq!(t.vcpus.reap().unwrap(), vec![0]);
     assert_eq!(t.vcpus.report(0).life, Life::Absent);
 }
 
@@ -317,8 +319,7 @@ fn single_kicks_stick(code: &[u8]) {
         while Instant::now() < gap {
             std::hint::spin_loop();
         }
-        t.vcpus
-            .pause_with(TIMEOUT, Rekick::Disabled)
+        pause_with(&t.vcpus, TIMEOUT, Rekick::Disabled)
             .unwrap_or_else(|e| panic!("pause {i} without re-kick: {e}"));
         let frozen = progress();
         assert_eq!(progress(), frozen, "guest ran while paused");
@@ -359,5 +360,5 @@ fn a_panicking_handler_stops_the_vcpu_cleanly() {
     );
     assert_eq!(*t.rec.exited.lock().unwrap(), vec![0]);
     // join() logs the panic instead of propagating it.
-    assert_eq!(t.vcpus.reap(), vec![0]);
+    assert_eq!(t.vcpus.reap().unwrap(), vec![0]);
 }

@@ -29,7 +29,7 @@ pub const CONTROL_MAX_BRANCHES: usize = 1_000;
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Timed waits (pause's re-kick slices, stop's wait) that may time out in one execution
-/// before waits block until notified (`vcpu_sync::sync::model_time`). Two lets every model
+/// before waits block until notified (`vcpu_sync::sim::model_time`). Two lets every model
 /// explore a re-kick round racing the acknowledgements, and a pauser timing out while
 /// another pauser or a stopper waits too.
 pub const DEFAULT_TIMEOUTS: usize = 2;
@@ -224,7 +224,7 @@ impl Model {
         let timeouts = self.timeouts;
         (count, move || {
             c.fetch_add(1, Ordering::Relaxed);
-            vcpu_sync::sync::model_time::set_timeouts(timeouts);
+            vcpu_sync::sim::model_time::set_timeouts(timeouts);
             f();
         })
     }

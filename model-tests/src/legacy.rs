@@ -1,6 +1,6 @@
 //! A deliberately small, self-contained re-implementation of the *old* pause designs, for
 //! the negative controls. It shares no code with `vcpu_sync`: it only has to be faithful to
-//! the shape of the bug DESIGN.md describes.
+//! the shape of the bug docs/design.md describes.
 //!
 //! * A vCPU thread loops: checkpoint (acknowledge a pause and park), run a queued MMIO access
 //!   to the "hotplug controller" (whose handler reads the vCPU-state table), or halt in guest

@@ -7,8 +7,8 @@
 use loom::thread;
 use model_tests::harness::{Model, TIMEOUT};
 use std::sync::Arc;
-use vcpu_sync::sim::{GuestOp, KickMode, SimBackend};
-use vcpu_sync::{Life, PauseError, Rekick, Vcpus, REG_STATUS, STATUS_INSERTING};
+use vcpu_sync::sim::{pause_with, GuestOp, KickMode, Rekick, SimBackend};
+use vcpu_sync::{Life, PauseError, Vcpus, REG_STATUS, STATUS_INSERTING};
 
 const LIVELOCK_OR_DEADLOCK: &[&str] = &["maximum number of branches", "deadlock"];
 
@@ -191,7 +191,7 @@ fn lossy_pause(rekick: Rekick) -> impl Fn() + Send + Sync + 'static {
         let (vcpus, sim) = SimBackend::create(1, KickMode::Lossy, false);
         vcpus.start(0).expect("start");
         let sim = Arc::new(sim);
-        vcpus.pause_with(TIMEOUT, rekick).expect("pause");
+        pause_with(&vcpus, TIMEOUT, rekick).expect("pause");
         teardown(&vcpus, &sim);
     }
 }

@@ -1,7 +1,9 @@
-//! Command-line parsing. Hand-rolled (the grammar is tiny) so every malformed input maps to
-//! a typed [`CliError`] instead of a panic or a process exit inside a library.
+//! Command-line parsing: turns arguments into a [`VmConfig`] to boot or a control request
+//! to send. Hand-rolled (the grammar is tiny) so every malformed input maps to a typed
+//! [`CliError`] instead of a panic or a process exit inside a library.
 
 use crate::api::protocol::Request;
+use crate::config::{VmConfig, DEFAULT_MEMORY};
 use std::path::PathBuf;
 
 /// Usage text printed by `--help`.
@@ -34,16 +36,13 @@ Remote control of a running vmm (prints the JSON response; exits 1 on an error):
 
 Environment: RUST_LOG (e.g. RUST_LOG=debug) controls logging on stderr.";
 
-/// Default guest RAM size.
-pub const DEFAULT_MEMORY: u64 = 512 << 20;
-
 /// What the command line asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Print usage and exit successfully.
     Help,
     /// Boot a VM.
-    Run(Config),
+    Run(VmConfig),
     /// Send one control request to a running VMM.
     Remote(Remote),
 }
@@ -55,26 +54,6 @@ pub struct Remote {
     pub api_socket: PathBuf,
     /// What to send.
     pub request: Request,
-}
-
-/// A parsed (syntactically valid) VM configuration. Semantic limits that need the host
-/// (the KVM vCPU limit) or the files are checked when the VM is built.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    /// Kernel image path.
-    pub kernel: PathBuf,
-    /// Optional initramfs path.
-    pub initramfs: Option<PathBuf>,
-    /// Extra kernel command line, appended to the default one.
-    pub cmdline: Option<String>,
-    /// vCPUs started at boot.
-    pub boot_vcpus: usize,
-    /// Most vCPUs the guest can ever have (ACPI possible CPUs).
-    pub max_vcpus: usize,
-    /// Guest RAM in bytes.
-    pub memory_size: u64,
-    /// Control socket path (stored for the control API).
-    pub api_socket: Option<PathBuf>,
 }
 
 /// Everything that can be wrong with a command line.
@@ -209,7 +188,7 @@ where
     }
 
     let (boot_vcpus, max_vcpus) = cpus.unwrap_or((1, 1));
-    Ok(Command::Run(Config {
+    Ok(Command::Run(VmConfig {
         kernel: kernel.ok_or(CliError::MissingKernel)?,
         initramfs,
         cmdline,
@@ -217,6 +196,7 @@ where
         max_vcpus,
         memory_size: memory.unwrap_or(DEFAULT_MEMORY),
         api_socket,
+        aps_at_entry: false,
     }))
 }
 
@@ -379,7 +359,7 @@ pub fn parse_size(text: &str) -> Result<u64, CliError> {
 mod tests {
     use super::*;
 
-    fn run(args: &[&str]) -> Result<Config, CliError> {
+    fn run(args: &[&str]) -> Result<VmConfig, CliError> {
         match parse(args.iter().copied())? {
             Command::Run(c) => Ok(c),
             other => panic!("unexpected {other:?}"),

@@ -7,10 +7,30 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use vmm::api::{self, ApiServer, VmControl};
-use vmm::cli::{self, Command, Remote};
+use vmm::api::{self, ApiServer, ClientError, ServerError, VmControl};
+use vmm::cli::{self, CliError, Command, Remote};
 use vmm::terminal;
 use vmm::vm::{Outcome, Vm};
+
+/// Why the binary exits 1: one variant per layer, each carrying that layer's error.
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    /// Bad command line.
+    #[error(transparent)]
+    Cli(#[from] CliError),
+    /// The VM could not be built or failed while running.
+    #[error(transparent)]
+    Vm(#[from] vmm::vm::Error),
+    /// The control API socket could not be set up.
+    #[error("control API: {0}")]
+    Api(#[from] ServerError),
+    /// `vmm remote` could not get an answer.
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    /// `vmm remote` got an error answer (its message).
+    #[error("{0}")]
+    Remote(String),
+}
 
 /// How long `vmm remote` waits for an answer (a pause may take up to
 /// [`api::PAUSE_TIMEOUT`]).
@@ -44,7 +64,7 @@ fn main() -> ExitCode {
 }
 
 /// `None` when only help was printed.
-fn run() -> Result<Option<Outcome>, vmm::Error> {
+fn run() -> Result<Option<Outcome>, MainError> {
     let config = match cli::parse(std::env::args().skip(1))? {
         Command::Help => {
             println!("{}", cli::USAGE);
@@ -74,15 +94,15 @@ fn run() -> Result<Option<Outcome>, vmm::Error> {
     } else {
         None
     };
-    vm.run().map(Some)
+    Ok(Some(vm.run()?))
 }
 
 /// `vmm remote`: prints the response line; an `ok:false` answer is an error.
-fn remote(r: &Remote) -> Result<(), vmm::Error> {
+fn remote(r: &Remote) -> Result<(), MainError> {
     let answer = api::request(&r.api_socket, &r.request, REMOTE_TIMEOUT)?;
     println!("{}", answer.line);
     match answer.error {
         None => Ok(()),
-        Some(msg) => Err(vmm::Error::Remote(msg)),
+        Some(msg) => Err(MainError::Remote(msg)),
     }
 }

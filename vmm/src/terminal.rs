@@ -3,7 +3,7 @@
 //! Ctrl-C included, go to the guest) and restored on exit. `Ctrl-A x` (as in QEMU) asks
 //! the VMM to shut the VM down.
 
-use crate::bus::VmEvent;
+use crate::vm::bus::VmEvent;
 use crate::vm::Vm;
 use std::io::Read;
 use std::sync::mpsc::Sender;

@@ -1,7 +1,7 @@
 //! The control API end to end: the real `vmm` binary on real KVM with `--api-socket`,
 //! driven over the socket and through `vmm remote`.
 //!
-//! The guest is the synthetic spinner of `vmm::testguest` (an ELF64 "kernel" whose 64-bit
+//! The guest is the synthetic spinner of `vmm_testguest` (an ELF64 "kernel" whose 64-bit
 //! code loops forever), so the VM stays up for as long as the test needs without depending
 //! on a Linux guest booting (the Debian kernel does not finish booting on kvm-pvm hosts).
 //! Hot-added vCPUs are real KVM vCPU threads that wait for an INIT/SIPI the spinner never
@@ -21,7 +21,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vmm::testguest::{GuestFile, GuestSpec};
+use vmm_testguest::{GuestFile, GuestSpec};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 const START_TIMEOUT: Duration = Duration::from_secs(60);

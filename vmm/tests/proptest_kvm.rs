@@ -1,7 +1,7 @@
 //! Property-based state-machine tests of pause/resume/hotplug on the REAL KVM backend.
 //!
-//! Each case boots the synthetic guest of `vmm::testguest` in process through
-//! `vmm::vm::Vm` (max 1..=4 vCPUs, boot 1..=max) with `set_all_vcpus_boot`, so every vCPU
+//! Each case boots the synthetic guest of `vmm_testguest` in process through
+//! `vmm::vm::Vm` (max 1..=4 vCPUs, boot 1..=max) with `VmConfig::aps_at_entry`, so every vCPU
 //! runs the guest's CSCN-like loop: select i, read status, clear "inserting", eject CPUs
 //! marked "removing", count a round. Then a random sequence of operations runs:
 //!
@@ -63,8 +63,17 @@ use vcpu_sync::{
     CoreError, Life, WriteEffect, REG_SELECT, REG_STATUS, STATUS_EJECT, STATUS_ENABLED,
     STATUS_INSERTING, STATUS_REMOVING,
 };
-use vmm::testguest::{progress, GuestFile, GuestSpec};
+use vmm::config::VmConfig;
 use vmm::vm::{ResizeError, ResizeOutcome, Vm, VmInfo};
+
+/// `config` with every vCPU starting at the guest's entry (the guest's loop runs on all).
+fn all_at_entry(config: VmConfig) -> VmConfig {
+    VmConfig {
+        aps_at_entry: true,
+        ..config
+    }
+}
+use vmm_testguest::{progress, GuestFile, GuestSpec};
 
 /// Deadline handed to the core's own bounded waits (pause, hot_remove, shutdown).
 const CORE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -465,8 +474,7 @@ impl Model {
 // The VMM thread: every blocking call runs there, with a deadline
 // ---------------------------------------------------------------------------------------
 
-#[path = "../../core/tests/support/exec.rs"]
-mod exec;
+use vcpu_sync::sim::exec;
 type Exec = exec::Exec<Arc<Vm>>;
 
 // ---------------------------------------------------------------------------------------
@@ -541,15 +549,14 @@ impl Harness {
             ..GuestSpec::default()
         };
         let guest = GuestFile::create(&spec).map_err(|e| format!("write the guest: {e}"))?;
+        // Every vCPU (boot and hot-added) starts like the BSP and runs the guest's loop.
         let vm = Vm::with_serial(
-            &guest.config(case.boot, case.max),
+            &all_at_entry(guest.config(case.boot, case.max)),
             Box::new(std::io::sink()),
         )
         .map_err(|e| format!("build the VM: {e}"))?;
-        // Every vCPU (boot and hot-added) starts like the BSP and runs the guest's loop.
-        vm.vcpus().backend().set_all_vcpus_boot(true);
         let vm = Arc::new(vm);
-        let exec = Exec::new(vm.clone(), OP_LIMIT);
+        let exec = Exec::new(vm.clone(), OP_LIMIT).expect("spawn the VMM thread");
         let mut h = Harness {
             vm,
             exec,
@@ -1011,7 +1018,10 @@ impl Harness {
     }
 
     fn reap(&mut self) -> Result<(), String> {
-        let got = self.exec.call("reap", |vm| vm.vcpus().reap())?;
+        let got = self
+            .exec
+            .call("reap", |vm| vm.vcpus().reap())?
+            .map_err(|e| e.to_string())?;
         let want = self.model.reap();
         ensure!(got == want, "reap() = {got:?}, model {want:?}");
         bump(&COUNTS.reaped, got.len() as u64);
@@ -1168,8 +1178,7 @@ fn regression_readded_vcpu_runs_after_being_stopped_mid_mmio() {
         ..GuestSpec::default()
     })
     .unwrap();
-    let vm = Vm::with_serial(&guest.config(2, 2), Box::new(std::io::sink())).unwrap();
-    vm.vcpus().backend().set_all_vcpus_boot(true);
+    let vm = Vm::with_serial(&all_at_entry(guest.config(2, 2)), Box::new(std::io::sink())).unwrap();
     vm.start().unwrap();
     let wait_progress = |i: usize, from: u64, what: &str| {
         let end = Instant::now() + WAIT;
@@ -1219,8 +1228,7 @@ fn regression_readding_vcpu0_leaves_guest_memory_alone() {
         ..GuestSpec::default()
     })
     .unwrap();
-    let vm = Vm::with_serial(&guest.config(3, 3), Box::new(std::io::sink())).unwrap();
-    vm.vcpus().backend().set_all_vcpus_boot(true);
+    let vm = Vm::with_serial(&all_at_entry(guest.config(3, 3)), Box::new(std::io::sink())).unwrap();
     vm.start().unwrap();
     for round in 0..50 {
         vm.vcpus().hot_remove(0, CORE_TIMEOUT).unwrap();

@@ -1,5 +1,5 @@
 //! Pause/resume storms on real KVM, in process through `vmm::vm::Vm`, against the synthetic
-//! guest of `vmm::testguest` (vCPU 0 scans the CPU-hotplug controller's MMIO window in an
+//! guest of `vmm_testguest` (vCPU 0 scans the CPU-hotplug controller's MMIO window in an
 //! endless loop, like Linux's `CSCN`, and counts rounds in guest memory; vCPU 1 is an AP
 //! waiting for INIT/SIPI inside KVM_RUN). This is the seed reproducer of the motivating bug
 //! in DESIGN.md: pauses land while vCPU 0 is inside the hotplug device handler, and the
@@ -29,7 +29,6 @@
 mod common;
 
 use common::{guest_slot, kvm_available};
-use kvm_backend::layout::ZERO_PAGE;
 use kvm_backend::{BackendConfig, BootEntry, ExitHandler, GuestStop, KvmBackend, KvmVm};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,11 +38,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vcpu_sync::{Life, Location, PauseError, Vcpus};
 use vm_memory::GuestAddress;
-use vmm::bus::{DeviceBus, VmEvent};
-use vmm::devices::NoInterrupt;
-use vmm::layout::HOTPLUG_MMIO_BASE;
-use vmm::testguest::{progress, GuestFile, GuestSpec};
+use vmm::vm::bus::{DeviceBus, VmEvent};
+use vmm::vm::devices::NoInterrupt;
+use vmm::vm::layout::{HOTPLUG_MMIO_BASE, ZERO_PAGE};
 use vmm::vm::{Outcome, Vm};
+use vmm_testguest::{progress, GuestFile, GuestSpec};
 
 /// Deadline of every pause in the storms: any timeout fails the test.
 const PAUSE_DEADLINE: Duration = Duration::from_secs(5);
@@ -482,10 +481,10 @@ fn stuck_device_handler_is_named_by_pause_timeout() {
         ..GuestSpec::default()
     };
     let guest = GuestFile::create(&spec).unwrap();
-    let mem = vmm::memory::create_guest_memory(128 << 20).unwrap();
+    let mem = vmm::vm::memory::create_guest_memory(128 << 20).unwrap();
     let kvm = KvmVm::new().expect("create VM");
     kvm.register_memory(&mem).unwrap();
-    let kernel = vmm::loader::load_kernel(&mem, guest.path()).unwrap();
+    let kernel = vmm::vm::loader::load_kernel(&mem, guest.path()).unwrap();
     let (tx, _rx) = channel();
     let bus = Arc::new(DeviceBus::<KvmBackend>::new(
         Box::new(std::io::sink()),

@@ -2,7 +2,6 @@
 
 #![allow(dead_code)]
 
-use kvm_backend::layout::{HIMEM_START, ZERO_PAGE};
 use kvm_backend::{BackendConfig, BootEntry, ExitHandler, GuestStop, KvmBackend, KvmVm};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +11,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Guest RAM size.
 pub const MEM_SIZE: usize = 4 << 20;
+/// Where these tests put the (empty) Linux zero page and their code: the VMM's choices,
+/// not the backend's, so the tests make their own.
+pub const ZERO_PAGE: u64 = 0x7000;
+/// 1 MiB, where a VMM loads a kernel.
+pub const HIMEM_START: u64 = 0x10_0000;
 /// Where guest code is loaded (the BSP's entry point).
 pub const CODE: u64 = HIMEM_START;
 /// A u64 the counting guest increments.

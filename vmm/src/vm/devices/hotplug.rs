@@ -1,18 +1,20 @@
 //! MMIO glue for the CPU-hotplug controller: maps guest accesses in the 12-byte window to
 //! the core's `Vcpus::hotplug_read/hotplug_write` (the register logic lives in the core so
 //! loom checks it with pause). Runs on vCPU threads and never blocks: an eject only *stops*
-//! the vCPU; the VMM's main thread reaps it when told through [`HotplugController`]'s
-//! callback.
+//! the vCPU; the exit bus reports the eject (`VmEvent::Ejected`) and the
+//! VMM's main thread reaps it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use vcpu_sync::{Backend, Vcpus, WriteEffect, HOTPLUG_REGION_SIZE};
+use vcpu_sync::{Backend, Vcpus, WeakVcpus, WriteEffect, HOTPLUG_REGION_SIZE};
 
 /// The controller's window and a handle on the vCPUs. The handle is set once the vCPUs
-/// exist (they are created after the exit handler that contains this device).
+/// exist (they are created after the exit handler that contains this device). It is weak:
+/// the vCPUs own the backend, which owns the exit handler that contains this device, so a
+/// strong handle would be a cycle that keeps the whole VM alive after it is dropped.
 pub struct HotplugController<B: Backend> {
     base: u64,
-    vcpus: OnceLock<Vcpus<B>>,
+    vcpus: OnceLock<WeakVcpus<B>>,
     /// Pauses that were in force or started while some vCPU was inside this handler.
     pauses_during_access: AtomicU64,
     /// Of those, the ones that overlapped an eject being serviced (the window of Cloud
@@ -49,9 +51,14 @@ impl<B: Backend> HotplugController<B> {
         }
     }
 
-    /// Connects the vCPUs. Later calls are ignored (there is one set of vCPUs per VM).
+    /// Connects the vCPUs (keeping only a [`WeakVcpus`]). Later calls are ignored (there
+    /// is one set of vCPUs per VM).
     pub fn attach(&self, vcpus: Vcpus<B>) {
-        let _ = self.vcpus.set(vcpus);
+        let _ = self.vcpus.set(vcpus.downgrade());
+    }
+
+    fn vcpus(&self) -> Option<Vcpus<B>> {
+        self.vcpus.get().and_then(WeakVcpus::upgrade)
     }
 
     /// The window's offset for `addr`, if the access `[addr, addr+len)` starts inside it.
@@ -62,17 +69,17 @@ impl<B: Backend> HotplugController<B> {
 
     /// Services a read at window offset `offset`.
     pub fn read(&self, offset: u64, data: &mut [u8]) {
-        match self.vcpus.get() {
-            Some(v) => self.access(v, || v.hotplug_read(offset, data)).0,
+        match self.vcpus() {
+            Some(v) => self.access(&v, || v.hotplug_read(offset, data)).0,
             None => data.fill(0),
         }
     }
 
     /// Services a write at window offset `offset`.
     pub fn write(&self, offset: u64, data: &[u8]) -> WriteEffect {
-        match self.vcpus.get() {
+        match self.vcpus() {
             Some(v) => {
-                let (effect, overlapped) = self.access(v, || v.hotplug_write(offset, data));
+                let (effect, overlapped) = self.access(&v, || v.hotplug_write(offset, data));
                 if overlapped && matches!(effect, WriteEffect::Ejected(_)) {
                     self.pauses_during_eject.fetch_add(1, Ordering::Relaxed);
                 }

@@ -6,14 +6,15 @@
 //! source override, and Linux only honours the "online capable" flag with MADT revision
 //! >= 5, so the MADT is assembled here as a generic SDT.
 
-use crate::aml::{dsdt_body, DsdtConfig};
-use crate::layout::{
+use super::aml::{dsdt_body, DsdtConfig};
+use super::madt::madt_local_apic;
+use crate::vm::layout::{
     ACPI_PM_PORT, ACPI_RESET_VALUE, ACPI_TABLES_END, ACPI_TABLES_START, COM1_IRQ, COM1_PORT,
     GED_GSI, HOTPLUG_MMIO_BASE, IOAPIC_ADDR, LAPIC_ADDR, RSDP_LEGACY_COPY, S5_SLEEP_TYPE,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
+use acpi_tables::madt::IoApic;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -43,23 +44,6 @@ pub enum AcpiError {
     /// Writing to guest memory failed.
     #[error("cannot write ACPI tables into guest memory: {0}")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
-}
-
-/// The MADT Local APIC structure of CPU `index` (APIC ID = ACPI UID = index): enabled for
-/// boot CPUs, "online capable" for CPUs that may be hot-added later.
-pub fn madt_local_apic(index: u8, enabled: bool, online_capable: bool) -> [u8; 8] {
-    let status = if enabled {
-        EnabledStatus::Enabled
-    } else if online_capable {
-        EnabledStatus::DisabledOnlineCapable
-    } else {
-        EnabledStatus::Disabled
-    };
-    let mut out = [0u8; 8];
-    let mut v = Vec::with_capacity(8);
-    ProcessorLocalApic::new(index, index, status).to_aml_bytes(&mut v);
-    out.copy_from_slice(&v);
-    out
 }
 
 /// MADT: LAPIC address, one Local APIC per possible CPU, the IOAPIC and ISA IRQ0 -> GSI2.

@@ -2,7 +2,7 @@
 //! by the FADT). Writing SLP_EN with SLP_TYP = `_S5_` powers off; writing the FADT's reset
 //! value reboots. Status reads return 0; the WAK_STS clear the guest writes first is ignored.
 
-use crate::layout::{ACPI_RESET_VALUE, S5_SLEEP_TYPE};
+use crate::vm::layout::{ACPI_RESET_VALUE, S5_SLEEP_TYPE};
 
 /// Sleep control register: SLP_EN (bit 5) and SLP_TYP (bits 2..4), ACPI 6.5 §4.8.3.7.
 const SLP_EN: u8 = 1 << 5;

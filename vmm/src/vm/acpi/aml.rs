@@ -1,5 +1,5 @@
 //! The DSDT's AML: `_S5_`, the CPU-hotplug controller, one processor device per possible
-//! CPU and the Generic Event Device, in the shape /work/shared/DESIGN.md describes (the
+//! CPU and the Generic Event Device, in the shape docs/design.md describes (the
 //! same register layout as Cloud Hypervisor's controller, so the same AML shape applies).
 //!
 //! Equivalent ASL (N = max vCPUs, B = the controller's MMIO base):
@@ -44,7 +44,7 @@
 //! The controller (fields) and the methods live in two devices because the field `CEJ0` and
 //! the method `CEJ0` would otherwise collide in one scope.
 
-use crate::acpi::madt_local_apic;
+use super::madt::madt_local_apic;
 use acpi_tables::aml::{
     self, Acquire, Add, BufferData, Device, EISAName, Else, Equal, Field, FieldAccessType,
     FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, LessThan, Local, Memory32Fixed,

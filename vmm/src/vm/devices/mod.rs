@@ -1,5 +1,5 @@
 //! Emulated devices. Each is plain state plus register logic with no KVM in it, so the
-//! fuzz crate and unit tests can drive them directly; `crate::bus` wires them to exits.
+//! fuzz crate and unit tests can drive them directly; the exit bus (`vm::bus`) wires them to exits.
 
 pub mod acpi_pm;
 pub mod cmos;

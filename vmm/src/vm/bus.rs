@@ -2,13 +2,13 @@
 //! port and MMIO accesses to the devices, turns guest power requests and vCPU exits into
 //! [`VmEvent`]s for the VMM's main thread, and never blocks beyond a short device lock.
 
-use crate::devices::acpi_pm::{self, PmAction};
-use crate::devices::cmos::Cmos;
-use crate::devices::hotplug::HotplugController;
-use crate::devices::i8042::{I8042Action, I8042};
-use crate::devices::serial::Serial;
-use crate::devices::Interrupt;
-use crate::layout::{
+use crate::vm::devices::acpi_pm::{self, PmAction};
+use crate::vm::devices::cmos::Cmos;
+use crate::vm::devices::hotplug::HotplugController;
+use crate::vm::devices::i8042::{I8042Action, I8042};
+use crate::vm::devices::serial::Serial;
+use crate::vm::devices::Interrupt;
+use crate::vm::layout::{
     ACPI_PM_PORT, CMOS_DATA_PORT, CMOS_INDEX_PORT, COM1_PORT, I8042_CMD_PORT, I8042_DATA_PORT,
     PCI_CONFIG_END, PCI_CONFIG_START, POST_PORT,
 };
@@ -17,10 +17,6 @@ use std::io::Write;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use vcpu_sync::{Backend, WriteEffect};
-
-/// KVM system event types (`KVM_SYSTEM_EVENT_*`).
-const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
-const KVM_SYSTEM_EVENT_RESET: u32 = 2;
 
 /// Something the VMM's main thread must act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,8 +236,7 @@ impl<B: Backend> ExitHandler for DeviceBus<B> {
     fn guest_stopped(&self, vcpu: usize, reason: GuestStop) {
         let ev = match reason {
             GuestStop::Reset => VmEvent::Reboot,
-            GuestStop::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN) => VmEvent::PowerOff,
-            GuestStop::SystemEvent(KVM_SYSTEM_EVENT_RESET) => VmEvent::Reboot,
+            GuestStop::PowerOff => VmEvent::PowerOff,
             GuestStop::SystemEvent(other) => {
                 VmEvent::Fatal(format!("vCPU {vcpu}: guest system event {other} (crash)"))
             }

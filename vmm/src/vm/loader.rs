@@ -2,8 +2,8 @@
 //! (`boot_params`). Uses linux-loader for the image formats; the zero page is filled here
 //! because its contents (e820, RSDP, initrd) follow from this VMM's layout.
 
-use crate::memory::{e820_map, E820Entry};
-use kvm_backend::layout::{CMDLINE, CMDLINE_MAX, HIMEM_START, ZERO_PAGE};
+use crate::vm::layout::{CMDLINE, CMDLINE_MAX, HIMEM_START, ZERO_PAGE};
+use crate::vm::memory::{e820_map, E820Entry};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::{self, BzImage, Cmdline, Elf, KernelLoader};
 use std::fs::File;
@@ -419,7 +419,7 @@ pub fn build_cmdline_for(extra: Option<&str>, kvm_pvm: bool) -> Result<Cmdline, 
     Ok(cmdline)
 }
 
-/// Writes the command line at `kvm_backend::layout::CMDLINE`; returns its length without NUL.
+/// Writes the command line at `layout::CMDLINE`; returns its length without NUL.
 pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &Cmdline) -> Result<u32, LoaderError> {
     loader::load_cmdline(mem, GuestAddress(CMDLINE), cmdline).map_err(|e| match e {
         loader::Error::InvalidCommandLine => {
@@ -434,7 +434,7 @@ pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &Cmdline) -> Result<u32, Lo
     Ok(text.len() as u32)
 }
 
-/// Builds the zero page for `kernel` and writes it at `kvm_backend::layout::ZERO_PAGE`.
+/// Builds the zero page for `kernel` and writes it at `layout::ZERO_PAGE`.
 pub fn write_boot_params(
     mem: &GuestMemoryMmap,
     kernel: &LoadedKernel,
@@ -533,7 +533,7 @@ mod tests {
         let e = temp_file("elf", b"\x7fELF\x02\x01\x01");
         assert_eq!(probe_kernel(&e).unwrap(), KernelFormat::Elf);
         // A fake bzImage with a bad header is refused by the loader, not a panic.
-        let mem = crate::memory::create_guest_memory(128 << 20).unwrap();
+        let mem = crate::vm::memory::create_guest_memory(128 << 20).unwrap();
         assert!(matches!(
             load_kernel(&mem, &p),
             Err(LoaderError::Load { .. })

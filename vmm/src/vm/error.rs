@@ -1,17 +1,13 @@
-//! The VMM's top-level error: one variant per concern, each carrying that module's typed
-//! error, so `main` can print one clear line and exit 1.
+//! Why a VM could not be built or run: one variant per concern, each carrying that
+//! module's typed error.
 
-use crate::acpi::AcpiError;
-use crate::cli::CliError;
-use crate::loader::LoaderError;
-use crate::memory::MemoryError;
+use crate::vm::acpi::AcpiError;
+use crate::vm::loader::LoaderError;
+use crate::vm::memory::MemoryError;
 
-/// Anything that stops the VMM from booting or running a VM.
+/// Anything that stops a VM from being built or from running.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bad command line.
-    #[error(transparent)]
-    Cli(#[from] CliError),
     /// Guest memory.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -48,18 +44,6 @@ pub enum Error {
         /// max asked for.
         max: usize,
     },
-    /// A resize request that cannot be honoured.
-    #[error("resize: {0}")]
-    Resize(#[from] crate::vm::ResizeError),
-    /// The control API socket could not be set up.
-    #[error("control API: {0}")]
-    Api(#[from] crate::api::ServerError),
-    /// `vmm remote` could not get an answer.
-    #[error("{0}")]
-    Client(#[from] crate::api::ClientError),
-    /// `vmm remote` got an error answer (its message).
-    #[error("{0}")]
-    Remote(String),
     /// The guest or a vCPU failed fatally.
     #[error("guest failed: {0}")]
     Guest(String),

@@ -1,4 +1,4 @@
-//! Hot-add and hot-remove latency on real KVM with the synthetic guest of `vmm::testguest`
+//! Hot-add and hot-remove latency on real KVM with the synthetic guest of `vmm_testguest`
 //! (every vCPU scans the CPU-hotplug controller like Linux's `CSCN`: it clears "inserting"
 //! and ejects CPUs marked "removing").
 //!
@@ -7,13 +7,14 @@
 //! * hot-remove: `resize(4 -> 1)` until the guest has ejected the three vCPUs and the VMM
 //!   has reaped their threads (slots absent).
 //!
-//! Usage: `cargo run --release -p vmm --bin bench_hotplug [-- ROUNDS]` (default 30).
+//! Usage: `cargo bench -p vmm --bench bench_hotplug [-- ROUNDS]` (default 30).
 //! Needs /dev/kvm. A measurement, not a test: it asserts nothing about the times.
 
 use std::time::{Duration, Instant};
 use vcpu_sync::Life;
-use vmm::testguest::{progress, GuestFile, GuestSpec};
+use vmm::config::VmConfig;
 use vmm::vm::Vm;
+use vmm_testguest::{progress, GuestFile, GuestSpec};
 
 const MAX: usize = 4;
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -52,7 +53,7 @@ fn round(vm: &Vm) -> Result<(Duration, Duration), String> {
     let t = Instant::now();
     vm.resize(1).map_err(|e| format!("resize down: {e}"))?;
     wait("hot-remove", || {
-        vm.vcpus().reap();
+        let _ = vm.vcpus().reap();
         vm.vcpus().reports()[1..]
             .iter()
             .all(|r| r.life == Life::Absent)
@@ -88,9 +89,12 @@ fn main() {
         ..GuestSpec::default()
     })
     .unwrap_or_else(|e| fail(&format!("cannot write the synthetic guest: {e}")));
-    let vm = Vm::with_serial(&guest.config(1, MAX), Box::new(std::io::sink()))
+    let config = VmConfig {
+        aps_at_entry: true,
+        ..guest.config(1, MAX)
+    };
+    let vm = Vm::with_serial(&config, Box::new(std::io::sink()))
         .unwrap_or_else(|e| fail(&format!("VM: {e}")));
-    vm.vcpus().backend().set_all_vcpus_boot(true);
     vm.start().unwrap_or_else(|e| fail(&format!("start: {e}")));
     let (mut adds, mut removes) = (Vec::new(), Vec::new());
     for r in 0..rounds {

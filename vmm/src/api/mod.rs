@@ -16,7 +16,7 @@
 
 pub mod protocol;
 
-use crate::bus::VmEvent;
+use crate::vm::bus::VmEvent;
 use crate::vm::{ResizeError, ResizeOutcome, Vm, VmInfo};
 use protocol::{parse_request, ApiError, Request, Response, MAX_REQUEST_LEN};
 use std::io::{self, Read, Write};
@@ -95,6 +95,8 @@ impl Control for VmControl {
             // it cancels is reported as what it is, not as a client's concurrent resume.
             Err(PauseError::Interrupted) if self.vm.is_stopping() => Err(ApiError::ShuttingDown),
             Err(PauseError::Interrupted) => Err(ApiError::PauseInterrupted),
+            // The API's threads are never vCPU threads; kept typed all the same.
+            Err(e @ PauseError::OnVcpuThread { .. }) => Err(ApiError::Vcpu(e.to_string())),
         }
     }
 

@@ -1,4 +1,8 @@
-//! A simulated backend: fake vCPUs that "run the guest" by spinning, leave guest mode when
+//! Test support (feature `sim`): a simulated backend, the no-re-kick negative control
+//! ([`pause_with`]), the loom time budget (`model_time`, under `--cfg loom`) and a deadline
+//! executor ([`exec`]). Not part of the API a VMM needs.
+//!
+//! The simulated backend: fake vCPUs that "run the guest" by spinning, leave guest mode when
 //! kicked, and perform hotplug-controller accesses as a guest would. The same code runs on
 //! real threads (unit and property tests) and under loom (model tests), so the models
 //! exercise the exact protocol the VMM uses.
@@ -21,6 +25,23 @@ use crate::sync::{fence, lock, thread, Arc, AtomicBool, AtomicU64, Mutex, Orderi
 use crate::vcpus::Vcpus;
 use std::collections::VecDeque;
 use std::fmt;
+use std::time::Duration;
+
+pub mod exec;
+
+#[cfg(loom)]
+pub use crate::sync::model_time;
+pub use crate::vcpus::Rekick;
+
+/// [`Vcpus::pause`] with an explicit re-kick policy: [`Rekick::Disabled`] is the unsound
+/// design the negative controls show hanging (or timing out) on a lost kick.
+pub fn pause_with<B: Backend>(
+    vcpus: &Vcpus<B>,
+    timeout: Duration,
+    rekick: Rekick,
+) -> Result<(), crate::PauseError> {
+    vcpus.pause_with(timeout, rekick)
+}
 
 /// How a kick reaches a simulated vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! below the 32-bit MMIO hole so device windows (IOAPIC, LAPIC, hotplug controller) never
 //! alias RAM. Also the e820 map the kernel gets, since it follows from the same layout.
 
-use crate::layout::{ACPI_TABLES_START, BIOS_END, LOW_RAM_END, MAX_MEMORY, MIN_MEMORY};
+use crate::vm::layout::{ACPI_TABLES_START, BIOS_END, LOW_RAM_END, MAX_MEMORY, MIN_MEMORY};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// Why guest memory could not be set up.
@@ -110,12 +110,12 @@ pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
         },
         E820Entry {
             addr: ACPI_TABLES_START,
-            size: crate::layout::ACPI_TABLES_END - ACPI_TABLES_START,
+            size: crate::vm::layout::ACPI_TABLES_END - ACPI_TABLES_START,
             kind: E820_ACPI,
         },
         E820Entry {
-            addr: crate::layout::ACPI_TABLES_END,
-            size: BIOS_END - crate::layout::ACPI_TABLES_END,
+            addr: crate::vm::layout::ACPI_TABLES_END,
+            size: BIOS_END - crate::vm::layout::ACPI_TABLES_END,
             kind: E820_RESERVED,
         },
         E820Entry {

@@ -25,15 +25,49 @@
 //! With `scan_cpus = 0` it is a plain spinning guest that only counts (no exits except
 //! the serial byte). The code never touches the stack, so all vCPUs can share one.
 //!
-//! The loader (`crate::loader::load_kernel`) loads it like an ELF vmlinux: one `PT_LOAD`
+//! Every function returns a typed [`GuestError`] instead of panicking.
+//!
+//! The VMM's loader (`vmm::vm::loader::load_kernel`) loads it like an ELF vmlinux: one `PT_LOAD`
 //! segment at [`CODE_ADDR`], entered at its first byte in 64-bit mode with the backend's
 //! identity map of the first 4 GiB, so the code reaches the hotplug window directly.
 
-use crate::cli::{self, Command, Config};
-use crate::layout::{COM1_PORT, HOTPLUG_MMIO_BASE};
+#![deny(missing_docs)]
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm::config::VmConfig;
+use vmm::vm::layout::{COM1_PORT, HOTPLUG_MMIO_BASE, MIN_MEMORY};
+
+/// Why the synthetic guest could not be built or written.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// [`GuestSpec::serial_every`] is not 0 or a power of two up to 2^31.
+    #[error("serial_every must be 0 or a power of two up to 2^31, got {0}")]
+    SerialEvery(u64),
+    /// The code grew so that a short jump no longer reaches its target (a bug of the
+    /// emitter's user: the spec made the loop body too long).
+    #[error("jump at code offset {at} cannot reach its target with a rel8 displacement")]
+    JumpOutOfRange {
+        /// Offset of the displacement byte.
+        at: usize,
+    },
+    /// A jump targets a label that was never bound (an emitter bug).
+    #[error("jump at code offset {at} targets an unbound label")]
+    UnboundLabel {
+        /// Offset of the displacement byte.
+        at: usize,
+    },
+    /// Writing the ELF file failed.
+    #[error("cannot write the synthetic guest to {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// Guest-physical address of the code (the ELF's only segment and its entry point). Above
 /// 1 MiB as the loader requires, clear of the backend's boot structures.
@@ -120,23 +154,29 @@ impl Asm {
         self.fixups.push((self.code.len(), l));
         self.code.push(0);
     }
-    fn finish(mut self) -> Vec<u8> {
+    fn finish(mut self) -> Result<Vec<u8>, GuestError> {
         for &(at, l) in &self.fixups {
-            let target = self.labels[l].expect("unbound label") as i64;
-            let rel = target - (at as i64 + 1);
-            self.code[at] = i8::try_from(rel).expect("jump out of rel8 range") as u8;
+            let target = self
+                .labels
+                .get(l)
+                .copied()
+                .flatten()
+                .ok_or(GuestError::UnboundLabel { at })?;
+            let rel = target as i64 - (at as i64 + 1);
+            let rel = i8::try_from(rel).map_err(|_| GuestError::JumpOutOfRange { at })?;
+            self.code[at] = rel as u8;
         }
-        self.code
+        Ok(self.code)
     }
 }
 
 /// The guest's machine code (position independent; loaded at [`CODE_ADDR`]).
-pub fn code(spec: &GuestSpec) -> Vec<u8> {
-    assert!(
-        spec.serial_every == 0
-            || (spec.serial_every.is_power_of_two() && spec.serial_every <= 1 << 31),
-        "serial_every must be 0 or a power of two up to 2^31"
-    );
+pub fn code(spec: &GuestSpec) -> Result<Vec<u8>, GuestError> {
+    if !(spec.serial_every == 0
+        || (spec.serial_every.is_power_of_two() && spec.serial_every <= 1 << 31))
+    {
+        return Err(GuestError::SerialEvery(spec.serial_every));
+    }
     let mut a = Asm::new();
     // Prologue: rdi = &counters[APIC ID], rsi = hotplug base, dx = COM1.
     a.bytes(&[0xb8, 1, 0, 0, 0]); // b8 01 00 00 00     mov eax, 1
@@ -195,8 +235,8 @@ pub fn code(spec: &GuestSpec) -> Vec<u8> {
 const CODE_FILE_OFFSET: u64 = 0x1000;
 
 /// The guest as an ELF64 executable: header, one `PT_LOAD` program header, the code.
-pub fn elf(spec: &GuestSpec) -> Vec<u8> {
-    let code = code(spec);
+pub fn elf(spec: &GuestSpec) -> Result<Vec<u8>, GuestError> {
+    let code = code(spec)?;
     let mut f = Vec::with_capacity(CODE_FILE_OFFSET as usize + code.len());
     // Elf64_Ehdr (64 bytes).
     f.extend_from_slice(b"\x7fELF"); // e_ident: magic
@@ -226,7 +266,7 @@ pub fn elf(spec: &GuestSpec) -> Vec<u8> {
     f.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
     f.resize(CODE_FILE_OFFSET as usize, 0);
     f.extend_from_slice(&code);
-    f
+    Ok(f)
 }
 
 /// The guest written to a temporary file (a path to pass as `--kernel`), removed on drop.
@@ -237,15 +277,17 @@ pub struct GuestFile {
 
 impl GuestFile {
     /// Writes [`elf`]`(spec)` to a fresh file under the system temp directory.
-    pub fn create(spec: &GuestSpec) -> std::io::Result<GuestFile> {
+    pub fn create(spec: &GuestSpec) -> Result<GuestFile, GuestError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let path = std::env::temp_dir().join(format!(
             "vmm-testguest-{}-{}.elf",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::write(&path, elf(spec))?;
-        Ok(GuestFile { path })
+        match std::fs::write(&path, elf(spec)?) {
+            Ok(()) => Ok(GuestFile { path }),
+            Err(source) => Err(GuestError::Write { path, source }),
+        }
     }
 
     /// The file's path.
@@ -254,19 +296,18 @@ impl GuestFile {
     }
 
     /// A VM configuration booting this guest with `boot` of `max` vCPUs and the minimum
-    /// RAM (built through the CLI parser, so it stays valid as `Config` grows).
-    pub fn config(&self, boot: usize, max: usize) -> Config {
-        let args = [
-            "--kernel".to_string(),
-            self.path.display().to_string(),
-            "--cpus".to_string(),
-            format!("boot={boot},max={max}"),
-            "--memory".to_string(),
-            "size=128M".to_string(),
-        ];
-        match cli::parse(args) {
-            Ok(Command::Run(c)) => c,
-            other => panic!("synthetic guest config rejected: {other:?}"),
+    /// RAM. The APs wait for INIT/SIPI as on a real machine (set
+    /// [`VmConfig::aps_at_entry`] to make them all run the guest code).
+    pub fn config(&self, boot: usize, max: usize) -> VmConfig {
+        VmConfig {
+            kernel: self.path.clone(),
+            initramfs: None,
+            cmdline: None,
+            boot_vcpus: boot,
+            max_vcpus: max,
+            memory_size: MIN_MEMORY,
+            api_socket: None,
+            aps_at_entry: false,
         }
     }
 }
@@ -286,17 +327,17 @@ pub fn progress(mem: &GuestMemoryMmap, index: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loader::{load_kernel, KernelFormat};
+    use vmm::vm::loader::{load_kernel, KernelFormat};
 
     #[test]
     fn elf_loads_at_its_address_with_the_code() {
         let spec = GuestSpec::default();
         let file = GuestFile::create(&spec).unwrap();
-        let mem = crate::memory::create_guest_memory(128 << 20).unwrap();
+        let mem = vmm::vm::memory::create_guest_memory(128 << 20).unwrap();
         let k = load_kernel(&mem, file.path()).unwrap();
         assert_eq!(k.format, KernelFormat::Elf);
         assert_eq!(k.entry, GuestAddress(CODE_ADDR));
-        let code = code(&spec);
+        let code = code(&spec).unwrap();
         assert_eq!(k.end, CODE_ADDR + code.len() as u64);
         let mut loaded = vec![0u8; code.len()];
         mem.read_slice(&mut loaded, GuestAddress(CODE_ADDR))
@@ -309,12 +350,12 @@ mod tests {
     #[test]
     fn code_shapes() {
         // The spinner has no MMIO/PIO instructions beyond the (unreachable) scan body.
-        let spin = code(&GuestSpec::spinner());
+        let spin = code(&GuestSpec::spinner()).unwrap();
         assert!(
             !spin.contains(&0xee),
             "spinner must not write the serial port"
         );
-        let storm = code(&GuestSpec::default());
+        let storm = code(&GuestSpec::default()).unwrap();
         assert!(storm.len() > spin.len());
         // Both end with a backward short jump to the round's start.
         assert_eq!(storm[storm.len() - 2], 0xeb);
@@ -324,11 +365,44 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "power of two")]
     fn serial_every_must_be_a_power_of_two() {
-        code(&GuestSpec {
-            serial_every: 3,
-            ..GuestSpec::default()
-        });
+        for bad in [3, 6, 1 << 32] {
+            let spec = GuestSpec {
+                serial_every: bad,
+                ..GuestSpec::default()
+            };
+            assert!(matches!(code(&spec), Err(GuestError::SerialEvery(v)) if v == bad));
+            assert!(matches!(
+                GuestFile::create(&spec),
+                Err(GuestError::SerialEvery(_))
+            ));
+        }
+        for good in [0, 1, 1024, 1 << 31] {
+            let spec = GuestSpec {
+                serial_every: good,
+                ..GuestSpec::default()
+            };
+            assert!(code(&spec).is_ok(), "serial_every {good}");
+        }
+    }
+
+    #[test]
+    fn a_jump_that_cannot_reach_is_an_error() {
+        let mut a = Asm::new();
+        let l = a.label();
+        a.jump(0xeb, l);
+        a.bytes(&[0x90; 200]);
+        a.bind(l);
+        assert!(matches!(
+            a.finish(),
+            Err(GuestError::JumpOutOfRange { at: 1 })
+        ));
+        let mut a = Asm::new();
+        let l = a.label();
+        a.jump(0xeb, l);
+        assert!(matches!(
+            a.finish(),
+            Err(GuestError::UnboundLabel { at: 1 })
+        ));
     }
 }

@@ -3,14 +3,22 @@
 //! control API thread can hold an `Arc<Vm>` and call `pause`/`resume`/`resize`/`info`
 //! while the main thread sits in [`Vm::run`].
 
-use crate::bus::{DeviceBus, SerialOut, VmEvent};
-use crate::cli::Config;
-use crate::devices::ged::Ged;
-use crate::devices::Interrupt;
-use crate::error::Error;
-use crate::layout::{COM1_IRQ, GED_GSI, HOTPLUG_MMIO_BASE};
-use crate::{acpi, loader, memory};
+pub mod acpi;
+pub mod bus;
+pub mod devices;
+mod error;
+pub mod layout;
+pub mod loader;
+pub mod memory;
+
+pub use error::Error;
+
+use crate::config::VmConfig;
+use bus::{DeviceBus, SerialOut, VmEvent};
+use devices::ged::Ged;
+use devices::Interrupt;
 use kvm_backend::{BackendConfig, BootEntry, KvmBackend, KvmVm};
+use layout::{COM1_IRQ, GED_GSI, HOTPLUG_MMIO_BASE};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -223,13 +231,19 @@ pub struct ResizeOutcome {
 
 /// A booted (or bootable) VM.
 pub struct Vm {
-    kvm: Arc<KvmVm>,
     memory: GuestMemoryMmap,
     vcpus: Vcpus<KvmBackend>,
     bus: Arc<DeviceBus<KvmBackend>>,
     ged: Ged,
     events_tx: Sender<VmEvent>,
     events_rx: Mutex<Option<Receiver<VmEvent>>>,
+    /// Serializes resizes with each other and with [`Vm::shutdown`], so each plans from a
+    /// snapshot no other resize changes. Only `resize` and `shutdown` take it, and both
+    /// refuse to run on a vCPU thread before taking it, so no vCPU ever waits for it. What
+    /// runs under it never waits for a vCPU: reading reports, withdrawing and requesting
+    /// removals (atomics), and hot-adds, whose vCPU-creation ioctls and thread spawn do not
+    /// wait for any running vCPU (the new thread is not waited for). Reaping (a join) and
+    /// the GED interrupt happen outside it. See the lock inventory in `docs/design.md`.
     resize_lock: Mutex<()>,
     /// Set once the main loop has decided to stop: no more resizes.
     stopping: AtomicBool,
@@ -252,7 +266,7 @@ impl std::fmt::Debug for Vm {
 }
 
 /// Checks what can be checked without the host: vCPU counts, memory size, the files.
-pub fn check_config(config: &Config) -> Result<(), Error> {
+pub fn check_config(config: &VmConfig) -> Result<(), Error> {
     if config.boot_vcpus == 0 || config.boot_vcpus > config.max_vcpus {
         return Err(Error::BadBootVcpus {
             boot: config.boot_vcpus,
@@ -272,12 +286,12 @@ pub fn check_config(config: &Config) -> Result<(), Error> {
 impl Vm {
     /// Builds the VM (memory, kernel, ACPI, devices, vCPU slots) without starting vCPUs.
     /// Serial output goes to stdout.
-    pub fn new(config: &Config) -> Result<Vm, Error> {
+    pub fn new(config: &VmConfig) -> Result<Vm, Error> {
         Self::with_serial(config, Box::new(std::io::stdout()))
     }
 
     /// [`Vm::new`] with serial output going to `serial_out`.
-    pub fn with_serial(config: &Config, serial_out: SerialOut) -> Result<Vm, Error> {
+    pub fn with_serial(config: &VmConfig, serial_out: SerialOut) -> Result<Vm, Error> {
         check_config(config)?;
         let kvm = Arc::new(KvmVm::new()?);
         let kvm_limit = kvm.max_vcpus();
@@ -331,9 +345,10 @@ impl Vm {
             },
             handler: bus.clone(),
         })?;
+        backend.set_all_vcpus_boot(config.aps_at_entry);
         let vcpus = Vcpus::new(config.max_vcpus, backend)?;
-        // The bus (inside the backend) and the vCPUs now refer to each other; the cycle
-        // lives as long as the VM, which is the process.
+        // The bus (inside the backend) refers back to the vCPUs weakly: dropping the Vm
+        // drops the vCPUs, the backend, the bus, the KVM fds and the guest memory.
         bus.hotplug().attach(vcpus.clone());
         let ged = Ged::new(Arc::new(KvmIrq {
             vm: kvm.clone(),
@@ -341,7 +356,6 @@ impl Vm {
         }));
 
         Ok(Vm {
-            kvm,
             memory,
             vcpus,
             bus,
@@ -388,7 +402,10 @@ impl Vm {
                 VmEvent::Fatal(msg) => break Err(Error::Guest(msg)),
                 VmEvent::VcpuExited(_) | VmEvent::Ejected(_) => {
                     let before = self.vcpus.pause_epoch();
-                    let reaped = self.vcpus.reap();
+                    let reaped = match self.vcpus.reap() {
+                        Ok(r) => r,
+                        Err(e) => break Err(e.into()),
+                    };
                     if !reaped.is_empty() && (before & 1 == 1 || self.vcpus.pause_epoch() != before)
                     {
                         self.pauses_during_reap.fetch_add(1, Ordering::Relaxed);
@@ -408,10 +425,15 @@ impl Vm {
     }
 
     /// Stops and reaps every vCPU (bounded), flushing serial output.
+    /// VMM threads only: on a vCPU thread it logs an error and does nothing.
     pub fn shutdown(&self) {
+        if let Some(index) = vcpu_sync::current_vcpu() {
+            log::error!("Vm::shutdown called on the thread of vCPU {index}; ignored");
+            return;
+        }
         // A resize in progress finishes first; later ones are refused.
         {
-            let _serial = self.resize_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _resizing = self.resize_lock.lock().unwrap_or_else(|p| p.into_inner());
             self.stopping.store(true, Ordering::SeqCst);
         }
         self.ged.close();
@@ -458,6 +480,8 @@ impl Vm {
     ///
     /// Slots the guest is already ejecting are not reused until reaped. Resizing to the
     /// current count changes nothing. Errors leave the VM untouched (see [`ResizeError`]).
+    /// VMM threads only: on a vCPU thread it fails at once with
+    /// [`ResizeError::Vcpu`]`(`[`vcpu_sync::CoreError::OnVcpuThread`]`)`.
     pub fn resize(&self, n: usize) -> Result<ResizeOutcome, ResizeError> {
         if n == 0 {
             return Err(ResizeError::Zero);
@@ -468,11 +492,29 @@ impl Vm {
                 max: self.max_vcpus,
             });
         }
-        let _serial = self.resize_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Outside the lock: a join, and on a vCPU thread this fails at once (VMM-side only),
+        // before the lock is taken.
+        self.vcpus.reap()?;
+        let outcome = self.resize_locked(n)?;
+        if !outcome.added.is_empty() || !outcome.removing.is_empty() {
+            log::info!(
+                "resize to {n}: adding {:?}, removing {:?}, withdrawn removals {:?}",
+                outcome.added,
+                outcome.removing,
+                outcome.cancelled
+            );
+            self.ged.notify_cpu_change();
+        }
+        Ok(outcome)
+    }
+
+    /// The part of [`Vm::resize`] that plans from a snapshot and applies it, under
+    /// `resize_lock`.
+    fn resize_locked(&self, n: usize) -> Result<ResizeOutcome, ResizeError> {
+        let _resizing = self.resize_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.stopping.load(Ordering::SeqCst) {
             return Err(ResizeError::ShuttingDown);
         }
-        self.vcpus.reap();
         let reports = self.vcpus.reports();
         let present = |r: &&SlotReport| matches!(r.life, Life::Starting | Life::Active);
         let staying: Vec<usize> = reports
@@ -530,15 +572,6 @@ impl Vm {
                 outcome.removing.push(i);
             }
         }
-        if !outcome.added.is_empty() || !outcome.removing.is_empty() {
-            log::info!(
-                "resize to {n}: adding {:?}, removing {:?}, withdrawn removals {:?}",
-                outcome.added,
-                outcome.removing,
-                outcome.cancelled
-            );
-            self.ged.notify_cpu_change();
-        }
         Ok(outcome)
     }
 
@@ -586,7 +619,7 @@ impl Vm {
     }
 
     /// Bytes typed on the user's terminal, for the guest's serial console; returns how
-    /// many the UART took (see [`crate::devices::serial::RX_CAPACITY`]).
+    /// many the UART took (see [`devices::serial::RX_CAPACITY`]).
     pub fn serial_input(&self, bytes: &[u8]) -> usize {
         self.bus.serial_input(bytes)
     }
@@ -594,11 +627,6 @@ impl Vm {
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
-    }
-
-    /// The KVM VM.
-    pub fn kvm(&self) -> &KvmVm {
-        &self.kvm
     }
 
     /// The `--api-socket` path, for the control API.

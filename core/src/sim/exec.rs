@@ -1,6 +1,6 @@
 //! Runs the calls under test on a dedicated "VMM" thread with a deadline, so that a
 //! deadlock fails a property-test case (and shrinks) instead of hanging the suite.
-//! Shared by core/tests/proptest_sim.rs and vmm/tests/proptest_kvm.rs (`#[path]` include).
+//! Used by the core's property tests on the simulated backend and the VMM's on KVM.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
@@ -17,23 +17,21 @@ pub struct Exec<S> {
 }
 
 impl<S: Send + 'static> Exec<S> {
-    /// Starts the thread; each call must return within `limit`.
-    pub fn new(state: S, limit: Duration) -> Exec<S> {
+    /// Starts the thread; each call must return within `limit`. Fails only if the thread
+    /// cannot be spawned.
+    pub fn new(state: S, limit: Duration) -> std::io::Result<Exec<S>> {
         let (tx, rx) = mpsc::channel::<Job<S>>();
-        let worker = thread::Builder::new()
-            .name("vmm".into())
-            .spawn(move || {
-                for job in rx {
-                    job(&state);
-                }
-            })
-            .expect("spawn the VMM thread");
-        Exec {
+        let worker = thread::Builder::new().name("vmm".into()).spawn(move || {
+            for job in rx {
+                job(&state);
+            }
+        })?;
+        Ok(Exec {
             tx: Some(tx),
             worker: Some(worker),
             stuck: false,
             limit,
-        }
+        })
     }
 
     /// Runs `f` on the VMM thread; a call that does not return within the limit is a

@@ -1,20 +1,21 @@
-//! Pause-latency benchmark on real KVM with the synthetic guest of `vmm::testguest`.
+//! Pause-latency benchmark on real KVM with the synthetic guest of `vmm_testguest`.
 //!
 //! For 1, 2 and 4 vCPUs, all running guest code (the backend starts every vCPU like the
-//! BSP, see `KvmBackend::set_all_vcpus_boot`) and all scanning the CPU-hotplug controller's
+//! BSP, see `VmConfig::aps_at_entry`) and all scanning the CPU-hotplug controller's
 //! MMIO window, measures N `pause()` calls: the time until every vCPU has acknowledged.
 //! Between pauses every vCPU must have made progress again, so each pause catches running
 //! vCPUs (in the guest or inside the hotplug handler). Prints median, p99 and max in
 //! microseconds, and how many pauses caught a vCPU inside its device handler.
 //!
-//! Usage: `cargo run --release -p vmm --bin bench_pause [-- N]` (default N = 2000).
+//! Usage: `cargo bench -p vmm --bench bench_pause [-- N]` (default N = 2000).
 //! Needs /dev/kvm. This is a measurement, not a test: it asserts nothing about the times.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vmm::testguest::{progress, GuestFile, GuestSpec};
+use vmm::config::VmConfig;
 use vmm::vm::Vm;
+use vmm_testguest::{progress, GuestFile, GuestSpec};
 
 const PAUSE_DEADLINE: Duration = Duration::from_secs(5);
 const WARMUP: usize = 50;
@@ -62,9 +63,11 @@ struct Figures {
 
 fn measure(guest: &GuestFile, n_vcpus: usize, n: usize) -> Result<Figures, String> {
     let serial = Arc::new(AtomicU64::new(0));
-    let vm = Vm::with_serial(&guest.config(n_vcpus, n_vcpus), Box::new(Sink(serial)))
-        .map_err(|e| format!("VM: {e}"))?;
-    vm.vcpus().backend().set_all_vcpus_boot(true);
+    let config = VmConfig {
+        aps_at_entry: true,
+        ..guest.config(n_vcpus, n_vcpus)
+    };
+    let vm = Vm::with_serial(&config, Box::new(Sink(serial))).map_err(|e| format!("VM: {e}"))?;
     vm.start().map_err(|e| format!("start: {e}"))?;
     let result = (|| {
         let zeros = vec![0; n_vcpus];
