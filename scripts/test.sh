@@ -45,6 +45,11 @@ else
     cargo test --workspace --release
 fi
 
+if [ "$real_guest_where" = lab ]; then
+    echo "== the nested-KVM lab itself and README's lab examples"
+    bash scripts/test-lab.sh
+fi
+
 real_guest_tests=(--test boot --test guest_storm --test guest_hotplug --test guest_races)
 run_real() { if [ "$real_guest_where" = lab ]; then in_lab "$@"; else "$@"; fi; }
 echo "== real-guest tests on the Debian guest ($real_guest_where)"

@@ -16,6 +16,16 @@ use std::time::Duration;
 /// How long the guest may take to bring a hot-added CPU online or give one back.
 const SETTLE: Duration = Duration::from_secs(60);
 
+/// A list of slot indices from an answer, in ascending order.
+fn slots(v: &serde_json::Value) -> Vec<u64> {
+    let mut s: Vec<u64> = v
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+        .unwrap_or_default();
+    s.sort_unstable();
+    s
+}
+
 fn thread_count(g: &GuestVm) -> usize {
     std::fs::read_dir(format!("/proc/{}/task", g.pid()))
         .map(|d| d.count())
@@ -94,7 +104,7 @@ fn hot_remove_four_to_one() {
     let mut g = GuestVm::boot_watch("remove-4-1", 4, 4);
     let threads = thread_count(&g);
     let r = g.resize_ok(1);
-    assert_eq!(r["removing"], json!([1, 2, 3]), "{r}");
+    assert_eq!(slots(&r["removing"]), [1, 2, 3], "{r}");
     g.expect_cpus("0", "0", SETTLE);
     g.expect_reaped(&[1, 2, 3], SETTLE);
     assert_eq!(
@@ -132,7 +142,7 @@ fn resize_down_while_paused() {
     let mut g = GuestVm::boot_watch("remove-paused", 3, 4);
     g.ok("pause");
     let r = g.resize_ok(1);
-    assert_eq!(r["removing"], json!([1, 2]), "{r}");
+    assert_eq!(slots(&r["removing"]), [1, 2], "{r}");
     std::thread::sleep(Duration::from_secs(1));
     let info = g.info();
     assert_eq!(info["paused"], true, "{info}");
