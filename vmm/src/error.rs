@@ -63,6 +63,9 @@ pub enum Error {
     /// The guest or a vCPU failed fatally.
     #[error("guest failed: {0}")]
     Guest(String),
+    /// The serial output thread could not be started.
+    #[error("cannot set up serial output: {0}")]
+    Console(#[source] std::io::Error),
     /// `run` was called twice.
     #[error("the VM's main loop is already running")]
     AlreadyRunning,

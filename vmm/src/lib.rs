@@ -9,6 +9,7 @@ pub mod aml;
 pub mod api;
 pub mod bus;
 pub mod cli;
+pub mod console;
 pub mod devices;
 pub mod error;
 pub mod layout;

@@ -5,6 +5,7 @@
 
 use crate::bus::{DeviceBus, SerialOut, VmEvent};
 use crate::cli::Config;
+use crate::console::Console;
 use crate::devices::ged::Ged;
 use crate::devices::Interrupt;
 use crate::error::Error;
@@ -23,6 +24,8 @@ use vm_memory::GuestMemoryMmap;
 pub const XAPIC_MAX_VCPUS: usize = 254;
 /// How long stopping all vCPUs at exit may take.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for buffered serial output to reach its sink.
+const SERIAL_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How the guest ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,6 +207,7 @@ pub struct Vm {
     memory: GuestMemoryMmap,
     vcpus: Vcpus<KvmBackend>,
     bus: Arc<DeviceBus<KvmBackend>>,
+    console: Console,
     ged: Ged,
     events_tx: Sender<VmEvent>,
     events_rx: Mutex<Option<Receiver<VmEvent>>>,
@@ -248,10 +252,13 @@ impl Vm {
     /// Builds the VM (memory, kernel, ACPI, devices, vCPU slots) without starting vCPUs.
     /// Serial output goes to stdout.
     pub fn new(config: &Config) -> Result<Vm, Error> {
-        Self::with_serial(config, Box::new(std::io::stdout()))
+        let stdout = crate::console::stdout_sink().map_err(Error::Console)?;
+        Self::with_serial(config, stdout)
     }
 
-    /// [`Vm::new`] with serial output going to `serial_out`.
+    /// [`Vm::new`] with serial output going to `serial_out` (through a bounded buffer and
+    /// a writer thread, [`crate::console`]: a sink that blocks loses output, never stalls
+    /// the VM).
     pub fn with_serial(config: &Config, serial_out: SerialOut) -> Result<Vm, Error> {
         check_config(config)?;
         let kvm = Arc::new(KvmVm::new()?);
@@ -286,13 +293,14 @@ impl Vm {
             cmdline.as_cstring().ok()
         );
 
+        let console = Console::spawn(serial_out).map_err(Error::Console)?;
         let (events_tx, events_rx) = channel();
         let serial_irq: Arc<dyn Interrupt> = Arc::new(KvmIrq {
             vm: kvm.clone(),
             gsi: COM1_IRQ,
         });
         let bus = Arc::new(DeviceBus::new(
-            serial_out,
+            Box::new(console.out()),
             serial_irq,
             HOTPLUG_MMIO_BASE,
             events_tx.clone(),
@@ -320,6 +328,7 @@ impl Vm {
             memory,
             vcpus,
             bus,
+            console,
             ged,
             events_tx,
             events_rx: Mutex::new(Some(events_rx)),
@@ -376,7 +385,7 @@ impl Vm {
         result
     }
 
-    /// Stops and reaps every vCPU (bounded), flushing serial output.
+    /// Stops and reaps every vCPU (bounded), then drains serial output (bounded).
     pub fn shutdown(&self) {
         // A resize in progress finishes first; later ones are refused.
         {
@@ -388,7 +397,13 @@ impl Vm {
         if let Err(e) = self.vcpus.shutdown(SHUTDOWN_TIMEOUT) {
             log::warn!("stopping vCPUs: {e}");
         }
-        self.bus.flush_serial();
+        if !self.console.drain(SERIAL_DRAIN_TIMEOUT) {
+            log::warn!("serial output: the sink did not take the buffered output within {SERIAL_DRAIN_TIMEOUT:?}; dropping it");
+        }
+        let dropped = self.console.dropped();
+        if dropped > 0 {
+            log::warn!("serial output: {dropped} byte(s) dropped because the sink did not keep up");
+        }
     }
 
     /// A sender for asking the main loop to stop the VM ([`VmEvent::Shutdown`]).

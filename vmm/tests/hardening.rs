@@ -1,0 +1,191 @@
+//! Hostile or careless users and guests (issue 11): each test reproduces one way the VMM
+//! was once hung, flooded, crashed or fooled, against the real `vmm` binary on KVM with a
+//! synthetic guest (`vmm::testguest`), and checks it now ends cleanly.
+//!
+//! Without /dev/kvm the KVM tests fail with a clear message unless VMM_ALLOW_NO_KVM=1.
+
+mod common;
+
+use common::{guest_slot, kvm_available, vmm_bin};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vmm::testguest::{GuestFile, GuestSpec};
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A guest that writes a serial byte on every round of its loop.
+fn printer() -> GuestSpec {
+    GuestSpec {
+        serial_every: 1,
+        ..GuestSpec::spinner()
+    }
+}
+
+/// A `vmm` process with a control socket; stdout either drained or left unread.
+struct Vmm {
+    child: Child,
+    /// Held, never read, when stdout is to stay undrained.
+    _stdout: Option<ChildStdout>,
+    stderr: Arc<Mutex<String>>,
+    sock: PathBuf,
+    _guest: GuestFile,
+}
+
+impl Vmm {
+    /// Boots `spec` with `extra` arguments and an API socket named after `name`; waits
+    /// until the socket answers.
+    fn start(name: &str, spec: &GuestSpec, drain_stdout: bool, extra: &[&str]) -> Vmm {
+        let guest = GuestFile::create(spec).expect("write the test guest");
+        let sock =
+            std::env::temp_dir().join(format!("vmm-hard-{}-{name}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&sock);
+        let mut cmd = Command::new(vmm_bin());
+        cmd.arg("--kernel")
+            .arg(guest.path())
+            .args(["--memory", "size=128M", "--api-socket"])
+            .arg(&sock)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn vmm");
+        let stdout = child.stdout.take().expect("stdout");
+        let stdout = if drain_stdout {
+            std::thread::spawn(move || {
+                let mut s = stdout;
+                let _ = std::io::copy(&mut s, &mut std::io::sink());
+            });
+            None
+        } else {
+            Some(stdout)
+        };
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("stderr");
+        let e2 = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                e2.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let vmm = Vmm {
+            child,
+            _stdout: stdout,
+            stderr,
+            sock,
+            _guest: guest,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while vmm.try_call(r#"{"command":"info"}"#).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "API never answered; stderr: {}",
+                vmm.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        vmm
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn try_call(&self, line: &str) -> Option<Value> {
+        let mut s = UnixStream::connect(&self.sock).ok()?;
+        s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+        s.write_all(line.as_bytes()).ok()?;
+        s.write_all(b"\n").ok()?;
+        let mut resp = String::new();
+        match BufReader::new(&s).read_line(&mut resp) {
+            Ok(n) if n > 0 => serde_json::from_str(&resp).ok(),
+            _ => None,
+        }
+    }
+
+    fn call(&self, line: &str) -> Value {
+        self.try_call(line)
+            .unwrap_or_else(|| panic!("no answer to {line}; stderr: {}", self.stderr()))
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        self.child.id() as libc::pid_t
+    }
+
+    /// Waits for the exit; None (and the process killed) after `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                // Let the stderr reader catch up.
+                std::thread::sleep(Duration::from_millis(100));
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.sock);
+    }
+}
+
+fn wait_gone(path: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while path.exists() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Item 1: a guest printing while nobody reads the VMM's stdout once blocked vCPU 0 in
+/// `write(1)` under the UART lock: pause timed out and shutdown never finished.
+#[test]
+fn undrained_stdout_neither_blocks_pause_nor_shutdown() {
+    if !kvm_available() {
+        return;
+    }
+    let _slot = guest_slot();
+    let mut vmm = Vmm::start("undrained", &printer(), false, &[]);
+    // Long enough for the guest to fill the pipe (64 KiB) many times over.
+    std::thread::sleep(Duration::from_secs(2));
+    let v = vmm.call(r#"{"command":"pause"}"#);
+    assert_eq!(v["ok"], true, "pause: {v}; stderr: {}", vmm.stderr());
+    let v = vmm.call(r#"{"command":"shutdown"}"#);
+    assert_eq!(v["ok"], true, "shutdown: {v}");
+    let status = vmm.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "vmm did not exit cleanly ({status:?}); stderr: {}",
+        vmm.stderr()
+    );
+    assert!(
+        vmm.stderr().contains("dropped"),
+        "dropped output not reported: {}",
+        vmm.stderr()
+    );
+    assert!(wait_gone(&vmm.sock, Duration::from_secs(2)));
+}
