@@ -66,6 +66,9 @@ pub enum Error {
     /// The serial output thread could not be started.
     #[error("cannot set up serial output: {0}")]
     Console(#[source] std::io::Error),
+    /// Termination signals could not be handled.
+    #[error(transparent)]
+    Signals(#[from] crate::signals::SignalError),
     /// `run` was called twice.
     #[error("the VM's main loop is already running")]
     AlreadyRunning,

@@ -15,6 +15,7 @@ pub mod error;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod signals;
 pub mod testguest;
 pub mod vm;
 

@@ -1,7 +1,8 @@
 //! `vmm`: boots a Linux kernel on KVM. Parses the command line, builds the VM, serves the
 //! control API if asked, runs the VM until the guest powers off or reboots or the API asks
 //! for a shutdown (exit 0) or something fails (exit 1, with a `vmm: error: ...` line on
-//! stderr). `vmm remote ...` is the control API's client instead.
+//! stderr). SIGTERM, SIGINT and SIGHUP stop the VM like a shutdown and exit with 128 + the
+//! signal number. `vmm remote ...` is the control API's client instead.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use vmm::api::{self, ApiServer, VmControl};
 use vmm::cli::{self, Command, Remote};
+use vmm::signals;
 use vmm::vm::{Outcome, Vm};
 
 /// How long `vmm remote` waits for an answer (a pause may take up to
@@ -29,10 +31,16 @@ fn main() -> ExitCode {
             eprintln!("vmm: guest requested a reboot; exiting");
             ExitCode::SUCCESS
         }
-        Ok(Some(Outcome::Shutdown)) => {
-            eprintln!("vmm: VM shut down");
-            ExitCode::SUCCESS
-        }
+        Ok(Some(Outcome::Shutdown)) => match signals::caught() {
+            Some(sig) => {
+                eprintln!("vmm: stopped by {}; VM shut down", signals::name(sig));
+                ExitCode::from(signals::exit_status(sig))
+            }
+            None => {
+                eprintln!("vmm: VM shut down");
+                ExitCode::SUCCESS
+            }
+        },
         Err(e) => {
             eprintln!("vmm: error: {e}");
             ExitCode::FAILURE
@@ -53,6 +61,9 @@ fn run() -> Result<Option<Outcome>, vmm::Error> {
         Command::Remote(r) => return remote(&r).map(|()| None),
     };
     let vm = Arc::new(Vm::new(&config)?);
+    // From here on SIGTERM/SIGINT/SIGHUP stop the VM through the main loop (so the socket
+    // below is removed); before, nothing needs cleaning up and the default action is fine.
+    signals::watch(vm.event_sender())?;
     // Before the vCPUs start, so a client never sees a half-started VM; dropped (socket
     // file removed) when this function returns, whatever the outcome.
     let _server = match vm.api_socket() {

@@ -189,3 +189,33 @@ fn undrained_stdout_neither_blocks_pause_nor_shutdown() {
     );
     assert!(wait_gone(&vmm.sock, Duration::from_secs(2)));
 }
+
+/// Item 4: SIGTERM, SIGINT and SIGHUP once killed the VMM silently and left the socket.
+#[test]
+fn termination_signals_stop_the_vm_and_remove_the_socket() {
+    if !kvm_available() {
+        return;
+    }
+    let _slot = guest_slot();
+    for (sig, name) in [
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGHUP, "SIGHUP"),
+    ] {
+        let mut vmm = Vmm::start(name, &GuestSpec::spinner(), true, &[]);
+        // SAFETY: signalling our own child, which has not been reaped.
+        assert_eq!(unsafe { libc::kill(vmm.pid(), sig) }, 0);
+        let status = vmm.wait_exit(Duration::from_secs(20));
+        let err = vmm.stderr();
+        let status = status.unwrap_or_else(|| panic!("{name}: vmm did not exit; {err}"));
+        assert_eq!(status.code(), Some(128 + sig), "{name}: {status:?}; {err}");
+        assert!(
+            err.contains(&format!("vmm: stopped by {name}")),
+            "{name}: no exit line: {err}"
+        );
+        assert!(
+            wait_gone(&vmm.sock, Duration::from_secs(2)),
+            "{name}: socket left behind"
+        );
+    }
+}
