@@ -52,7 +52,7 @@ fn main() -> ExitCode {
 
 /// `None` when only help was printed.
 fn run() -> Result<Option<Outcome>, vmm::Error> {
-    let config = match cli::parse(std::env::args().skip(1))? {
+    let config = match cli::parse(std::env::args_os().skip(1))? {
         Command::Help => {
             println!("{}", cli::USAGE);
             return Ok(None);

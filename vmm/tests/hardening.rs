@@ -219,3 +219,40 @@ fn termination_signals_stop_the_vm_and_remove_the_socket() {
         );
     }
 }
+
+/// Item 5: a non-UTF-8 argument once panicked (exit 101). Paths may be any bytes.
+#[test]
+fn non_utf8_arguments_get_clean_errors() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    let bad = OsString::from_vec(b"/tmp/\xff-no-such-kernel".to_vec());
+    for (args, expect) in [
+        (vec![OsString::from("--kernel"), bad.clone()], "not found"),
+        (
+            vec![
+                OsString::from("--kernel=k"),
+                "--cmdline".into(),
+                bad.clone(),
+            ],
+            "not valid UTF-8",
+        ),
+        (
+            vec![OsString::from("--kernel=k"), bad.clone()],
+            "unknown argument",
+        ),
+    ] {
+        let out = Command::new(vmm_bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run vmm");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("vmm: error: ") && l.contains(expect)),
+            "{args:?}: {err}"
+        );
+    }
+}
