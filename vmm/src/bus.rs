@@ -27,7 +27,7 @@ const KVM_SYSTEM_EVENT_RESET: u32 = 2;
 pub enum VmEvent {
     /// The guest powered off (ACPI S5 or a KVM shutdown event).
     PowerOff,
-    /// The guest rebooted (i8042 reset, ACPI reset register, triple fault).
+    /// The guest rebooted (i8042 reset, ACPI reset register; a triple fault is `Fatal`).
     Reboot,
     /// Something went wrong that ends the VM.
     Fatal(String),
@@ -229,7 +229,13 @@ impl<B: Backend> ExitHandler for DeviceBus<B> {
 
     fn guest_stopped(&self, vcpu: usize, reason: GuestStop) {
         let ev = match reason {
-            GuestStop::Reset => VmEvent::Reboot,
+            // KVM_EXIT_SHUTDOWN is a triple fault: the guest crashed (a bad or truncated
+            // image dies this way before its kernel prints anything). Guests reboot
+            // through the i8042 or the ACPI reset register (`reboot=k` is on the
+            // default command line), which are reported as reboots.
+            GuestStop::Reset => VmEvent::Fatal(format!(
+                "vCPU {vcpu}: the guest triple-faulted (KVM_EXIT_SHUTDOWN): it crashed, or its kernel image is bad"
+            )),
             GuestStop::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN) => VmEvent::PowerOff,
             GuestStop::SystemEvent(KVM_SYSTEM_EVENT_RESET) => VmEvent::Reboot,
             GuestStop::SystemEvent(other) => {

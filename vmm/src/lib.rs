@@ -12,6 +12,7 @@ pub mod cli;
 pub mod console;
 pub mod devices;
 pub mod error;
+pub mod image_check;
 pub mod layout;
 pub mod loader;
 pub mod memory;

@@ -24,7 +24,8 @@ use vm_memory::GuestMemoryMmap;
 pub const XAPIC_MAX_VCPUS: usize = 254;
 /// How long stopping all vCPUs at exit may take.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long shutdown waits for buffered serial output to reach its sink.
+/// How long shutdown waits for buffered serial output to reach its sink (the 2 s in the
+/// warning when it does not).
 const SERIAL_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How the guest ended.
@@ -32,7 +33,7 @@ const SERIAL_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Outcome {
     /// ACPI S5 / KVM shutdown event.
     PowerOff,
-    /// Reset via i8042, ACPI reset register or triple fault.
+    /// Reset via i8042 or the ACPI reset register (a triple fault is an error).
     Reboot,
     /// The VMM was asked to stop the VM.
     Shutdown,
@@ -239,7 +240,9 @@ pub fn check_config(config: &Config) -> Result<(), Error> {
         });
     }
     memory::check_size(config.memory_size)?;
-    loader::probe_kernel(&config.kernel)?;
+    let format = loader::probe_kernel(&config.kernel)?;
+    crate::image_check::check_kernel(&config.kernel, format, config.memory_size)
+        .map_err(loader::LoaderError::from)?;
     if let Some(path) = &config.initramfs {
         if !path.is_file() {
             return Err(loader::LoaderError::InitramfsNotFound(path.clone()).into());
@@ -397,12 +400,17 @@ impl Vm {
         if let Err(e) = self.vcpus.shutdown(SHUTDOWN_TIMEOUT) {
             log::warn!("stopping vCPUs: {e}");
         }
-        if !self.console.drain(SERIAL_DRAIN_TIMEOUT) {
-            log::warn!("serial output: the sink did not take the buffered output within {SERIAL_DRAIN_TIMEOUT:?}; dropping it");
-        }
+        let drained = self.console.drain(SERIAL_DRAIN_TIMEOUT);
         let dropped = self.console.dropped();
-        if dropped > 0 {
-            log::warn!("serial output: {dropped} byte(s) dropped because the sink did not keep up");
+        if dropped > 0 || !drained {
+            let rest = if drained {
+                ""
+            } else {
+                "; what was still buffered is dropped too (the sink took nothing for 2 s)"
+            };
+            log::warn!(
+                "serial output: {dropped} byte(s) dropped because the sink did not keep up{rest}"
+            );
         }
     }
 

@@ -40,6 +40,7 @@ fn some_kernel() -> (Option<TempFile>, String) {
     }
     let mut bz = vec![0u8; 4096];
     bz[0x202..0x206].copy_from_slice(b"HdrS");
+    bz[0x1f4] = 1; // syssize: 16 bytes of kernel after the (default 4-sector) setup
     let t = TempFile::new("fake-bzimage", &bz);
     let p = t.0.display().to_string();
     (Some(t), p)

@@ -256,3 +256,129 @@ fn non_utf8_arguments_get_clean_errors() {
         );
     }
 }
+
+/// Runs `vmm args` to completion (a bad-image run must end on its own, quickly).
+fn run_to_end(args: &[&std::ffi::OsStr], timeout: Duration) -> (Option<i32>, String, Duration) {
+    let start = Instant::now();
+    let mut child = Command::new(vmm_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmm");
+    let mut pipe = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = pipe.read_to_string(&mut s);
+        s
+    });
+    let code = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s.code();
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = start.elapsed();
+    (code, reader.join().unwrap_or_default(), elapsed)
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("vmm-hard-{}-{name}", std::process::id()))
+}
+
+/// Item 6: a 4 GiB sparse "bzImage" was read whole (4.7 GB RSS, 19 s) before being
+/// refused. Its size is now checked against guest RAM from the metadata.
+#[test]
+fn huge_sparse_kernel_is_refused_from_its_size() {
+    let path = temp_path("sparse-bzimage");
+    {
+        let f = std::fs::File::create(&path).unwrap();
+        let mut head = vec![0u8; 4096];
+        head[0x202..0x206].copy_from_slice(b"HdrS");
+        std::os::unix::fs::FileExt::write_all_at(&f, &head, 0).unwrap();
+        f.set_len(4 << 30).unwrap();
+    }
+    let (code, err, took) = run_to_end(
+        &[
+            "--kernel".as_ref(),
+            path.as_os_str(),
+            "--memory".as_ref(),
+            "size=128M".as_ref(),
+        ],
+        Duration::from_secs(30),
+    );
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("larger than guest RAM"), "{err}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}
+
+/// Item 7: a truncated bzImage (the first 100000 bytes of the guest kernel) used to load,
+/// triple-fault and exit 0 as a "reboot".
+#[test]
+fn truncated_bzimage_is_refused() {
+    let g = common::guest();
+    let image = std::fs::read(&g.kernel).unwrap();
+    let path = temp_path("truncated-bzimage");
+    std::fs::write(&path, &image[..100_000]).unwrap();
+    let (code, err, _) = run_to_end(&["--kernel".as_ref(), path.as_os_str()], START_TIMEOUT);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is truncated or corrupt"), "{err}");
+}
+
+/// Item 7: ELF images for AArch64 or 32-bit were loaded and run.
+#[test]
+fn foreign_elf_kernels_are_refused() {
+    let good = vmm::testguest::elf(&GuestSpec::spinner());
+    let mut arm = good.clone();
+    arm[0x12..0x14].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
+    let mut x32 = good;
+    x32[4] = 1; // ELFCLASS32
+    for (name, bytes, expect) in [
+        ("elf-aarch64", arm, "is for AARCH64"),
+        ("elf-32", x32, "is not 64-bit"),
+    ] {
+        let path = temp_path(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let (code, err, _) = run_to_end(&["--kernel".as_ref(), path.as_os_str()], START_TIMEOUT);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert!(err.contains(expect), "{name}: {err}");
+    }
+}
+
+/// Item 7: a guest that triple-faults (here at its first instruction, `ud2` with no IDT)
+/// is a failure, not a reboot.
+#[test]
+fn triple_fault_is_a_failure() {
+    if !kvm_available() {
+        return;
+    }
+    let _slot = guest_slot();
+    let mut elf = vmm::testguest::elf(&GuestSpec::spinner());
+    elf[0x1000..0x1002].copy_from_slice(&[0x0f, 0x0b]); // ud2 at the entry point
+    let path = temp_path("triple-fault");
+    std::fs::write(&path, &elf).unwrap();
+    let (code, err, _) = run_to_end(
+        &[
+            "--kernel".as_ref(),
+            path.as_os_str(),
+            "--memory".as_ref(),
+            "size=128M".as_ref(),
+        ],
+        START_TIMEOUT,
+    );
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("vmm: error: guest failed: vCPU 0: the guest triple-faulted"),
+        "{err}"
+    );
+}
