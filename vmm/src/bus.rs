@@ -191,7 +191,10 @@ impl<B: Backend> DeviceBus<B> {
             Some(off) => match self.hotplug.write(off, data) {
                 WriteEffect::Ejected(i) => self.send(VmEvent::Ejected(i)),
                 WriteEffect::EjectRefused(i) => {
-                    log::warn!("guest tried to eject vCPU {i}, which was not being removed")
+                    crate::guest_warn!(
+                        "eject without removal request",
+                        "guest tried to eject vCPU {i}, which was not being removed"
+                    )
                 }
                 _ => {}
             },

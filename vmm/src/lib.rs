@@ -16,6 +16,7 @@ pub mod image_check;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod ratelimit;
 pub mod signals;
 pub mod testguest;
 pub mod vm;
