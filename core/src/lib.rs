@@ -28,4 +28,4 @@ pub use link::{Next, VcpuLink};
 pub use slot::{
     Life, Location, SlotReport, STATUS_EJECT, STATUS_ENABLED, STATUS_INSERTING, STATUS_REMOVING,
 };
-pub use vcpus::{Rekick, Stats, Vcpus, REKICK_INTERVAL};
+pub use vcpus::{Rekick, Stats, Vcpus, PAUSE_GRACE, REKICK_INTERVAL};

@@ -25,6 +25,8 @@ mod vm;
 use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+#[doc(hidden)]
+pub use backend::Fault;
 pub use backend::KvmBackend;
 pub use error::Error;
 pub use vm::KvmVm;

@@ -17,6 +17,7 @@
 pub mod protocol;
 
 use crate::bus::VmEvent;
+use crate::error::Error;
 use crate::vm::{ResizeError, ResizeOutcome, Vm, VmInfo};
 use protocol::{parse_request, ApiError, Request, Response, MAX_REQUEST_LEN};
 use std::io::{self, Read, Write};
@@ -85,10 +86,12 @@ impl VmControl {
 
 impl Control for VmControl {
     fn pause(&self) -> Result<(), ApiError> {
-        match self.vm.vcpus().pause(PAUSE_TIMEOUT) {
+        match self.vm.pause(PAUSE_TIMEOUT) {
             Ok(()) => Ok(()),
-            Err(PauseError::Timeout(t)) => Err(ApiError::PauseTimeout(t)),
-            Err(PauseError::Interrupted) => Err(ApiError::PauseInterrupted),
+            Err(Error::Pause(PauseError::Timeout(t))) => Err(ApiError::PauseTimeout(t)),
+            Err(Error::Pause(PauseError::Interrupted)) => Err(ApiError::PauseInterrupted),
+            Err(Error::Guest(msg)) => Err(ApiError::VmFailed(msg)),
+            Err(other) => Err(ApiError::VmFailed(other.to_string())),
         }
     }
 

@@ -55,6 +55,9 @@ pub struct DeviceBus<B: Backend> {
     cmos: Mutex<Cmos>,
     hotplug: HotplugController<B>,
     events: Sender<VmEvent>,
+    /// The first fatal guest or vCPU failure, for callers that must not report success on
+    /// a dying VM (a pause in flight).
+    failure: std::sync::OnceLock<String>,
 }
 
 impl<B: Backend> std::fmt::Debug for DeviceBus<B> {
@@ -78,6 +81,7 @@ impl<B: Backend> DeviceBus<B> {
             cmos: Mutex::new(Cmos::default()),
             hotplug: HotplugController::new(hotplug_base),
             events,
+            failure: std::sync::OnceLock::new(),
         }
     }
 
@@ -89,6 +93,11 @@ impl<B: Backend> DeviceBus<B> {
     fn send(&self, ev: VmEvent) {
         // The receiver is gone only while the VMM is exiting; nothing left to tell.
         let _ = self.events.send(ev);
+    }
+
+    /// The first fatal failure a vCPU reported, if any.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     /// Flushes buffered serial output (before the process exits).
@@ -246,6 +255,9 @@ impl<B: Backend> ExitHandler for DeviceBus<B> {
             }
             GuestStop::Fatal(msg) => VmEvent::Fatal(msg),
         };
+        if let VmEvent::Fatal(msg) = &ev {
+            let _ = self.failure.set(msg.clone());
+        }
         self.send(ev);
     }
 

@@ -28,7 +28,7 @@ pub enum Error {
     #[error("vCPU: {0}")]
     Vcpu(#[from] vcpu_sync::CoreError),
     /// A pause did not complete.
-    #[error("pause failed: {0}")]
+    #[error("pause failed, the VM is left running: {0}")]
     Pause(#[from] vcpu_sync::PauseError),
     /// More vCPUs than the host or the machine model allow.
     #[error("--cpus max={requested} is above the limit of {limit} vCPUs (KVM allows {kvm_limit}; xAPIC MADT entries allow 254)")]

@@ -419,9 +419,27 @@ impl Vm {
         self.events_tx.clone()
     }
 
-    /// Pauses every vCPU, failing with the missing vCPUs named after `timeout`.
+    /// Pauses every vCPU, failing with the missing vCPUs named after `timeout` (plus the
+    /// core's one grace period, [`vcpu_sync::PAUSE_GRACE`]).
+    ///
+    /// Contract: a pause that fails does not stay in force; after an error the VM is
+    /// running (or going down). On a timeout the pause is withdrawn, so the vCPUs that
+    /// had acknowledged run again, also when the VM had been paused before this call; an
+    /// interrupted pause was ended by a concurrent resume; a VM with a failed vCPU
+    /// ([`Error::Guest`], the vCPU named) is not reported as paused, since a dead vCPU
+    /// counts as acknowledged in the core.
     pub fn pause(&self, timeout: Duration) -> Result<(), Error> {
-        Ok(self.vcpus.pause(timeout)?)
+        let r = self.vcpus.pause(timeout);
+        if let Err(vcpu_sync::PauseError::Timeout(t)) = &r {
+            self.vcpus.resume();
+            log::warn!("pause withdrawn after its timeout, the VM runs again: {t}");
+        }
+        r?;
+        if let Some(msg) = self.bus.failure() {
+            self.vcpus.resume();
+            return Err(Error::Guest(msg.to_string()));
+        }
+        Ok(())
     }
 
     /// Ends a pause; false if the VM was not paused.
