@@ -384,6 +384,7 @@ fn vcpu_thread(inner: Arc<Inner>, mut vcpu: VcpuFd, link: VcpuLink) {
         thread: unsafe { libc::pthread_self() },
     });
     log::debug!("vCPU {index}: thread started");
+    inner.handler.vcpu_thread_started(index);
 
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
         run_loop(

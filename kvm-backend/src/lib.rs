@@ -48,6 +48,11 @@ pub trait ExitHandler: Send + Sync + 'static {
     /// KVM_EXIT_SYSTEM_EVENT) or the vCPU hit a fatal KVM error. The vCPU thread leaves its
     /// run loop after this call.
     fn guest_stopped(&self, vcpu: usize, reason: GuestStop);
+    /// Called on a vCPU thread once it is set up, before its run loop (e.g. to install
+    /// the thread's seccomp filter). Does nothing by default.
+    fn vcpu_thread_started(&self, vcpu: usize) {
+        let _ = vcpu;
+    }
     /// The vCPU thread has left its run loop (its link is dropped): the VMM should call
     /// `Vcpus::reap()` from its own (non-vCPU) thread.
     fn vcpu_exited(&self, vcpu: usize);

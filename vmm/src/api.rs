@@ -370,6 +370,8 @@ fn accept_loop(
     limits: ServerLimits,
     stop: Arc<AtomicBool>,
 ) {
+    // Connection threads (and vCPU threads hot-added from them) inherit this filter.
+    crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Api);
     let live = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {

@@ -261,6 +261,10 @@ impl<B: Backend> ExitHandler for DeviceBus<B> {
         self.send(ev);
     }
 
+    fn vcpu_thread_started(&self, _vcpu: usize) {
+        crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Vcpu);
+    }
+
     fn vcpu_exited(&self, vcpu: usize) {
         self.send(VmEvent::VcpuExited(vcpu));
     }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 pub const USAGE: &str = "\
 Usage: vmm --kernel PATH [--initramfs PATH] [--cmdline STR]
            [--cpus boot=N[,max=M]] [--memory size=SIZE] [--api-socket PATH]
+           [--seccomp true|false|log]
        vmm remote --api-socket PATH (pause | resume | resize --cpus N | info | shutdown)
 
 Boots a Linux kernel (bzImage or ELF vmlinux) on KVM.
@@ -24,6 +25,9 @@ Options:
                        128M..3G)
   --api-socket PATH    serve the control API on this unix socket (mode 0600;
                        one JSON request per line, one JSON response per line)
+  --seccomp MODE        seccomp filters per thread kind: true (default; a forbidden
+                       syscall kills the VMM), log (allowed, logged by the kernel),
+                       false (none)
   -h, --help           print this help
 
 Remote control of a running vmm (prints the JSON response; exits 1 on an error):
@@ -77,6 +81,8 @@ pub struct Config {
     pub memory_size: u64,
     /// Control socket path (stored for the control API).
     pub api_socket: Option<PathBuf>,
+    /// `--seccomp` (default: on, killing).
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 /// Everything that can be wrong with a command line.
@@ -148,6 +154,9 @@ pub enum CliError {
         /// The value, with invalid bytes replaced.
         value: String,
     },
+    /// `--seccomp` with another value than true, false or log.
+    #[error("--seccomp: expected true, false or log, got '{0}'")]
+    BadSeccomp(String),
     /// `vmm remote` without `--api-socket`.
     #[error("remote: --api-socket PATH is required")]
     RemoteNeedsSocket,
@@ -185,6 +194,7 @@ where
     let mut cpus: Option<(usize, usize)> = None;
     let mut memory = None;
     let mut api_socket = None;
+    let mut seccomp = None;
 
     let mut it = args.into_iter().map(Into::into).peekable();
     if it.peek().is_some_and(|a| a == "remote") {
@@ -202,6 +212,7 @@ where
             "--cpus" => "--cpus",
             "--memory" => "--memory",
             "--api-socket" => "--api-socket",
+            "--seccomp" => "--seccomp",
             _ => return Err(CliError::UnknownArgument(lossy(&arg))),
         };
         let value = match inline {
@@ -214,6 +225,12 @@ where
             "--cmdline" => set_once(&mut cmdline, utf8(value, name)?, name)?,
             "--cpus" => set_once(&mut cpus, parse_cpus(&utf8(value, name)?)?, name)?,
             "--memory" => set_once(&mut memory, parse_memory(&utf8(value, name)?)?, name)?,
+            "--seccomp" => {
+                let text = utf8(value, name)?;
+                let mode =
+                    crate::seccomp::SeccompMode::parse(&text).ok_or(CliError::BadSeccomp(text))?;
+                set_once(&mut seccomp, mode, name)?
+            }
             _ => set_once(&mut api_socket, PathBuf::from(value), name)?,
         }
     }
@@ -227,6 +244,7 @@ where
         max_vcpus,
         memory_size: memory.unwrap_or(DEFAULT_MEMORY),
         api_socket,
+        seccomp: seccomp.unwrap_or_default(),
     }))
 }
 
@@ -519,6 +537,17 @@ mod tests {
             Err(CliError::Duplicate("--kernel"))
         );
         assert_eq!(parse(["--help"]), Ok(Command::Help));
+    }
+
+    #[test]
+    fn seccomp_flag() {
+        use crate::seccomp::SeccompMode;
+        assert_eq!(run(&["--kernel", "k"]).unwrap().seccomp, SeccompMode::Kill);
+        let mode = |v: &str| run(&["--kernel", "k", "--seccomp", v]).map(|c| c.seccomp);
+        assert_eq!(mode("true"), Ok(SeccompMode::Kill));
+        assert_eq!(mode("false"), Ok(SeccompMode::Off));
+        assert_eq!(mode("log"), Ok(SeccompMode::Log));
+        assert_eq!(mode("on"), Err(CliError::BadSeccomp("on".into())));
     }
 
     #[test]

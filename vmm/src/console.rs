@@ -150,6 +150,7 @@ impl Drop for Console {
 }
 
 fn writer(shared: &Shared, sink: &mut SerialOut) {
+    crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Serial);
     loop {
         let chunk: Vec<u8> = {
             let mut s = shared.lock();

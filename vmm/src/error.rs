@@ -69,6 +69,9 @@ pub enum Error {
     /// Termination signals could not be handled.
     #[error(transparent)]
     Signals(#[from] crate::signals::SignalError),
+    /// The main thread's seccomp filter.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// `run` was called twice.
     #[error("the VM's main loop is already running")]
     AlreadyRunning,

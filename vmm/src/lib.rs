@@ -17,6 +17,7 @@ pub mod layout;
 pub mod loader;
 pub mod memory;
 pub mod ratelimit;
+pub mod seccomp;
 pub mod signals;
 pub mod testguest;
 pub mod vm;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use vmm::api::{self, ApiServer, VmControl};
 use vmm::cli::{self, Command, Remote};
-use vmm::signals;
 use vmm::vm::{Outcome, Vm};
+use vmm::{seccomp, signals};
 
 /// How long `vmm remote` waits for an answer (a pause may take up to
 /// [`api::PAUSE_TIMEOUT`]).
@@ -60,9 +60,13 @@ fn run() -> Result<Option<Outcome>, vmm::Error> {
         Command::Run(c) => c,
         Command::Remote(r) => return remote(&r).map(|()| None),
     };
+    // Before any thread starts: each installs its filter (vmm::seccomp) once set up, and
+    // inherits the blocked termination signals (only the signal thread takes them).
+    seccomp::configure(config.seccomp);
+    signals::block();
     let vm = Arc::new(Vm::new(&config)?);
     // From here on SIGTERM/SIGINT/SIGHUP stop the VM through the main loop (so the socket
-    // below is removed); before, nothing needs cleaning up and the default action is fine.
+    // below is removed); one that came earlier was held blocked until now.
     signals::watch(vm.event_sender())?;
     // Before the vCPUs start, so a client never sees a half-started VM; dropped (socket
     // file removed) when this function returns, whatever the outcome.
@@ -74,6 +78,7 @@ fn run() -> Result<Option<Outcome>, vmm::Error> {
         None => None,
     };
     vm.start()?;
+    seccomp::enter(seccomp::ThreadKind::Vmm)?;
     vm.run().map(Some)
 }
 

@@ -23,6 +23,29 @@ static CAUGHT: AtomicI32 = AtomicI32::new(0);
 #[error("cannot handle termination signals: {0}")]
 pub struct SignalError(#[source] std::io::Error);
 
+/// Blocks the handled signals in the calling thread and so in every thread it creates
+/// later. Call first thing on the main thread: then only the `signals` thread (which
+/// unblocks them) ever runs the handler, so no other thread's seccomp filter needs the
+/// handler's syscalls, and a signal that arrives before [`watch`] waits for it.
+pub fn block() {
+    set_mask(libc::SIG_BLOCK);
+}
+
+fn set_mask(how: libc::c_int) {
+    // SAFETY: plain libc calls on a local, fully initialised signal set.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in HANDLED {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        log::error!("cannot change the mask of termination signals (error {rc})");
+    }
+}
+
 /// Installs the handlers and starts the thread that tells the main loop through `events`.
 /// The handlers stay for the life of the process.
 pub fn watch(events: Sender<VmEvent>) -> Result<(), SignalError> {
@@ -30,6 +53,8 @@ pub fn watch(events: Sender<VmEvent>) -> Result<(), SignalError> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            set_mask(libc::SIG_UNBLOCK);
+            crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Signals);
             for sig in signals.forever() {
                 if CAUGHT
                     .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
