@@ -6,160 +6,11 @@
 
 mod common;
 
+use common::hard::*;
 use common::{guest_slot, kvm_available, vmm_bin};
-use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use vmm::testguest::{GuestFile, GuestSpec};
-
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A guest that writes a serial byte on every round of its loop.
-fn printer() -> GuestSpec {
-    GuestSpec {
-        serial_every: 1,
-        ..GuestSpec::spinner()
-    }
-}
-
-/// A `vmm` process with a control socket; stdout either drained or left unread.
-struct Vmm {
-    child: Child,
-    /// Held, never read, when stdout is to stay undrained.
-    _stdout: Option<ChildStdout>,
-    stderr: Arc<Mutex<String>>,
-    sock: PathBuf,
-    _guest: GuestFile,
-}
-
-impl Vmm {
-    /// Boots `spec` with `extra` arguments and an API socket named after `name`; waits
-    /// until the socket answers.
-    fn start(name: &str, spec: &GuestSpec, drain_stdout: bool, extra: &[&str]) -> Vmm {
-        let guest = GuestFile::create(spec).expect("write the test guest");
-        let sock =
-            std::env::temp_dir().join(format!("vmm-hard-{}-{name}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&sock);
-        let mut cmd = Command::new(vmm_bin());
-        cmd.arg("--kernel")
-            .arg(guest.path())
-            .args(["--memory", "size=128M", "--api-socket"])
-            .arg(&sock)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn vmm");
-        let stdout = child.stdout.take().expect("stdout");
-        let stdout = if drain_stdout {
-            std::thread::spawn(move || {
-                let mut s = stdout;
-                let _ = std::io::copy(&mut s, &mut std::io::sink());
-            });
-            None
-        } else {
-            Some(stdout)
-        };
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr");
-        let e2 = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                e2.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let vmm = Vmm {
-            child,
-            _stdout: stdout,
-            stderr,
-            sock,
-            _guest: guest,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        while vmm.try_call(r#"{"command":"info"}"#).is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "API never answered; stderr: {}",
-                vmm.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        vmm
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn try_call(&self, line: &str) -> Option<Value> {
-        let mut s = UnixStream::connect(&self.sock).ok()?;
-        s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
-        s.write_all(line.as_bytes()).ok()?;
-        s.write_all(b"\n").ok()?;
-        let mut resp = String::new();
-        match BufReader::new(&s).read_line(&mut resp) {
-            Ok(n) if n > 0 => serde_json::from_str(&resp).ok(),
-            _ => None,
-        }
-    }
-
-    fn call(&self, line: &str) -> Value {
-        self.try_call(line)
-            .unwrap_or_else(|| panic!("no answer to {line}; stderr: {}", self.stderr()))
-    }
-
-    fn pid(&self) -> libc::pid_t {
-        self.child.id() as libc::pid_t
-    }
-
-    /// Waits for the exit; None (and the process killed) after `timeout`.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                // Let the stderr reader catch up.
-                std::thread::sleep(Duration::from_millis(100));
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.sock);
-    }
-}
-
-fn wait_gone(path: &Path, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while path.exists() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use vmm::testguest::GuestSpec;
 
 /// Item 1: a guest printing while nobody reads the VMM's stdout once blocked vCPU 0 in
 /// `write(1)` under the UART lock: pause timed out and shutdown never finished.
@@ -257,63 +108,20 @@ fn non_utf8_arguments_get_clean_errors() {
     }
 }
 
-/// Runs `vmm args` to completion (a bad-image run must end on its own, quickly).
-fn run_to_end(args: &[&std::ffi::OsStr], timeout: Duration) -> (Option<i32>, String, Duration) {
-    let start = Instant::now();
-    let mut child = Command::new(vmm_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vmm");
-    let mut pipe = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = pipe.read_to_string(&mut s);
-        s
-    });
-    let code = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s.code();
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let elapsed = start.elapsed();
-    (code, reader.join().unwrap_or_default(), elapsed)
-}
-
-fn temp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("vmm-hard-{}-{name}", std::process::id()))
-}
-
 /// Item 6: a 4 GiB sparse "bzImage" was read whole (4.7 GB RSS, 19 s) before being
 /// refused. Its size is now checked against guest RAM from the metadata.
 #[test]
 fn huge_sparse_kernel_is_refused_from_its_size() {
-    let path = temp_path("sparse-bzimage");
-    {
-        let f = std::fs::File::create(&path).unwrap();
-        let mut head = vec![0u8; 4096];
-        head[0x202..0x206].copy_from_slice(b"HdrS");
-        std::os::unix::fs::FileExt::write_all_at(&f, &head, 0).unwrap();
-        f.set_len(4 << 30).unwrap();
-    }
+    let image = images::sparse_bzimage();
     let (code, err, took) = run_to_end(
         &[
             "--kernel".as_ref(),
-            path.as_os_str(),
+            image.0.as_os_str(),
             "--memory".as_ref(),
             "size=128M".as_ref(),
         ],
         Duration::from_secs(30),
     );
-    let _ = std::fs::remove_file(&path);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("larger than guest RAM"), "{err}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
@@ -323,12 +131,8 @@ fn huge_sparse_kernel_is_refused_from_its_size() {
 /// triple-fault and exit 0 as a "reboot".
 #[test]
 fn truncated_bzimage_is_refused() {
-    let g = common::guest();
-    let image = std::fs::read(&g.kernel).unwrap();
-    let path = temp_path("truncated-bzimage");
-    std::fs::write(&path, &image[..100_000]).unwrap();
-    let (code, err, _) = run_to_end(&["--kernel".as_ref(), path.as_os_str()], START_TIMEOUT);
-    let _ = std::fs::remove_file(&path);
+    let image = images::truncated_bzimage();
+    let (code, err, _) = run_to_end(&["--kernel".as_ref(), image.0.as_os_str()], START_TIMEOUT);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("is truncated or corrupt"), "{err}");
 }
@@ -336,19 +140,11 @@ fn truncated_bzimage_is_refused() {
 /// Item 7: ELF images for AArch64 or 32-bit were loaded and run.
 #[test]
 fn foreign_elf_kernels_are_refused() {
-    let good = vmm::testguest::elf(&GuestSpec::spinner());
-    let mut arm = good.clone();
-    arm[0x12..0x14].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
-    let mut x32 = good;
-    x32[4] = 1; // ELFCLASS32
-    for (name, bytes, expect) in [
-        ("elf-aarch64", arm, "is for AARCH64"),
-        ("elf-32", x32, "is not 64-bit"),
+    for (name, image, expect) in [
+        ("elf-aarch64", images::aarch64_elf(), "is for AARCH64"),
+        ("elf-32", images::elf32(), "is not 64-bit"),
     ] {
-        let path = temp_path(name);
-        std::fs::write(&path, &bytes).unwrap();
-        let (code, err, _) = run_to_end(&["--kernel".as_ref(), path.as_os_str()], START_TIMEOUT);
-        let _ = std::fs::remove_file(&path);
+        let (code, err, _) = run_to_end(&["--kernel".as_ref(), image.0.as_os_str()], START_TIMEOUT);
         assert_eq!(code, Some(1), "{name}: {err}");
         assert!(err.contains(expect), "{name}: {err}");
     }
@@ -362,72 +158,21 @@ fn triple_fault_is_a_failure() {
         return;
     }
     let _slot = guest_slot();
-    let mut elf = vmm::testguest::elf(&GuestSpec::spinner());
-    elf[0x1000..0x1002].copy_from_slice(&[0x0f, 0x0b]); // ud2 at the entry point
-    let path = temp_path("triple-fault");
-    std::fs::write(&path, &elf).unwrap();
+    let image = images::triple_fault_elf();
     let (code, err, _) = run_to_end(
         &[
             "--kernel".as_ref(),
-            path.as_os_str(),
+            image.0.as_os_str(),
             "--memory".as_ref(),
             "size=128M".as_ref(),
         ],
         START_TIMEOUT,
     );
-    let _ = std::fs::remove_file(&path);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("vmm: error: guest failed: vCPU 0: the guest triple-faulted"),
         "{err}"
     );
-}
-
-/// Starts `vmm` with the spinner and the test hook that makes every vCPU thread call a
-/// syscall outside its seccomp list (`getppid`) once its filter is in place.
-fn spawn_violating(extra: &[&str]) -> (Child, Arc<Mutex<String>>, GuestFile) {
-    let guest = GuestFile::create(&GuestSpec::spinner()).expect("guest");
-    let mut child = Command::new(vmm_bin())
-        .arg("--kernel")
-        .arg(guest.path())
-        .args(["--memory", "size=128M"])
-        .args(extra)
-        .env(vmm::seccomp::VIOLATION_ENV, "vcpu")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vmm");
-    let mut pipe = child.stderr.take().unwrap();
-    let err = Arc::new(Mutex::new(String::new()));
-    let e2 = err.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            e2.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    (child, err, guest)
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return Some(s);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Item 10: with the default `--seccomp true`, a vCPU thread's forbidden syscall kills
@@ -491,26 +236,4 @@ fn seccomp_log_mode_logs_and_off_mode_allows() {
             "--seccomp {mode}: audit record in the kernel log"
         );
     }
-}
-
-/// The kernel log (root reads /dev/kmsg without blocking).
-fn kernel_log() -> String {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open("/dev/kmsg")
-        .expect("open /dev/kmsg (the seccomp log test needs root)");
-    let mut out = String::new();
-    let mut buf = vec![0u8; 8192];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.push_str(&String::from_utf8_lossy(&buf[..n])),
-            // EPIPE: a record was overwritten; keep reading.
-            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
-            Err(_) => break, // EAGAIN: the end
-        }
-    }
-    out
 }
