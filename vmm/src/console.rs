@@ -176,11 +176,16 @@ fn writer(shared: &Shared, sink: &mut SerialOut) {
 
 /// The VMM's stdout as a serial sink that bypasses `std::io::Stdout`'s lock (a writer
 /// blocked on a full pipe must not hold a lock the rest of the process uses): a duplicate
-/// of fd 1.
-pub fn stdout_sink() -> io::Result<SerialOut> {
+/// of fd 1. Without a usable fd 1 (closed), guest output is discarded, with a warning.
+pub fn stdout_sink() -> SerialOut {
     use std::os::fd::AsFd;
-    let fd = io::stdout().as_fd().try_clone_to_owned()?;
-    Ok(Box::new(std::fs::File::from(fd)))
+    match io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => Box::new(std::fs::File::from(fd)),
+        Err(e) => {
+            log::warn!("serial output: cannot use stdout ({e}); guest output is discarded");
+            Box::new(io::sink())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -255,8 +255,7 @@ impl Vm {
     /// Builds the VM (memory, kernel, ACPI, devices, vCPU slots) without starting vCPUs.
     /// Serial output goes to stdout.
     pub fn new(config: &Config) -> Result<Vm, Error> {
-        let stdout = crate::console::stdout_sink().map_err(Error::Console)?;
-        Self::with_serial(config, stdout)
+        Self::with_serial(config, crate::console::stdout_sink())
     }
 
     /// [`Vm::new`] with serial output going to `serial_out` (through a bounded buffer and
