@@ -96,7 +96,8 @@ impl<B: Backend> Vcpus<B> {
                 }
                 if v & STATUS_EJECT != 0 {
                     if slot.flags.load(Ordering::SeqCst) & FLAG_REMOVE_REQUESTED == 0 {
-                        log::warn!(
+                        // Guest-triggered at will: the VMM reports it, rate-limited.
+                        log::debug!(
                             "hotplug: guest ejected CPU {i} without a removal request; ignored"
                         );
                         return WriteEffect::EjectRefused(i);

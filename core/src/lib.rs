@@ -125,4 +125,4 @@ pub use link::{current_vcpu, Next, VcpuLink};
 pub use slot::{
     Life, Location, SlotReport, STATUS_EJECT, STATUS_ENABLED, STATUS_INSERTING, STATUS_REMOVING,
 };
-pub use vcpus::{Stats, Vcpus, WeakVcpus, REKICK_INTERVAL};
+pub use vcpus::{Stats, Vcpus, WeakVcpus, PAUSE_GRACE, REKICK_INTERVAL};

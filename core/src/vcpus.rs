@@ -23,6 +23,10 @@ use std::time::Duration;
 /// How long a pauser sleeps between re-kicks of vCPUs that have not acknowledged.
 pub const REKICK_INTERVAL: Duration = Duration::from_millis(2);
 
+/// How long a pause waits past its deadline, once, before reporting a timeout (see
+/// [`Vcpus::pause`]).
+pub const PAUSE_GRACE: Duration = Duration::from_millis(100);
+
 /// Whether `pause` re-kicks vCPUs that have not acknowledged. Only the tests turn it off
 /// (through the `sim` feature), to prove that a lost kick hangs a pause without it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -397,8 +401,11 @@ impl<B: Backend> Vcpus<B> {
     /// Pauses every vCPU: signal all, then wait all, re-kicking stragglers, with no lock
     /// held while waiting. Returns when every vCPU with a thread has acknowledged (a slot
     /// that empties meanwhile counts as acknowledged). Pausing while paused waits for the
-    /// pause in force. Past `timeout`, returns an error naming each missing vCPU. VMM
-    /// threads only.
+    /// pause in force. Past `timeout` the stragglers are re-kicked and given one more
+    /// [`PAUSE_GRACE`] (a deadline can pass while the whole process is stopped, with no
+    /// vCPU able to run); past that, returns an error naming each missing vCPU. VMM threads only. The pause
+    /// then stays in force (the vCPUs that acknowledged stay parked) until `resume()`;
+    /// the VMM withdraws a failed pause (`vmm::vm::Vm::pause`).
     pub fn pause(&self, timeout: Duration) -> Result<(), PauseError> {
         self.pause_with(timeout, Rekick::Enabled)
     }
@@ -409,7 +416,8 @@ impl<B: Backend> Vcpus<B> {
         if let Some(index) = current_vcpu() {
             return Err(PauseError::OnVcpuThread { index });
         }
-        let deadline = Deadline::after(timeout);
+        let mut deadline = Deadline::after(timeout);
+        let mut grace_left = true;
         let shared = &*self.inner.shared;
         let epoch = self.enter_pause();
         let n = self.max_vcpus();
@@ -442,6 +450,21 @@ impl<B: Backend> Vcpus<B> {
                 shared.counters.pauses.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             };
+            if deadline.passed() && grace_left {
+                // One more look before giving up: a deadline that passed while the whole
+                // process was stopped (SIGSTOP, a stalled host) gave the vCPUs no chance to
+                // run, and the first check after the stop would otherwise blame them.
+                // Re-kick the stragglers and allow them one short grace period.
+                grace_left = false;
+                deadline = Deadline::after(PAUSE_GRACE);
+                if rekick == Rekick::Enabled {
+                    for &i in &pending {
+                        shared.counters.rekicks.fetch_add(1, Ordering::Relaxed);
+                        self.kick(i);
+                    }
+                }
+                continue;
+            }
             if deadline.passed() {
                 let missing = pending.iter().map(|&i| self.report(i)).collect();
                 let err = PauseTimeout { missing };

@@ -92,9 +92,25 @@ struct KickTarget {
 // removes the target under that lock before the mapping goes away.
 unsafe impl Send for KickTarget {}
 
+/// Test-only fault injection ([`KvmBackend::inject_fault`]): what a vCPU thread does
+/// instead of what KVM told it, to exercise the failure paths on a real VM.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fault {
+    /// The vCPU's KVM_RUN in progress (or the next one) fails with EIO, as on a broken
+    /// host: the thread reports a fatal error and leaves its run loop.
+    RunFails = 1,
+    /// After its KVM_RUN in progress (or the next one) returns, the vCPU stays in a
+    /// device handler, never reaching its pause checkpoint, until the fault is cleared.
+    Stall = 2,
+}
+
 /// Per-vCPU state of the backend.
 #[derive(Default)]
 struct VcpuSlot {
+    /// A [`Fault`] armed for this vCPU (0: none).
+    fault: AtomicU8,
     /// Set while a thread runs this vCPU. Held only to kick or to set/clear the target.
     kick: Mutex<Option<KickTarget>>,
     /// The fd of a vCPU whose thread has exited. KVM cannot destroy a vCPU (its id stays
@@ -168,6 +184,16 @@ impl KvmBackend {
     /// starts its APs itself. Off by default.
     pub fn set_all_vcpus_boot(&self, on: bool) {
         self.inner.all_vcpus_boot.store(on, Ordering::SeqCst);
+    }
+
+    /// Tests only: arms `fault` for vCPU `index` (`None` clears it; a stalled vCPU then
+    /// goes on). Out-of-range indices are ignored. A `RunFails` fires once.
+    #[doc(hidden)]
+    pub fn inject_fault(&self, index: usize, fault: Option<Fault>) {
+        if let Some(slot) = self.inner.slots.get(index) {
+            slot.fault
+                .store(fault.map_or(0, |f| f as u8), Ordering::SeqCst);
+        }
     }
 
     /// Whether vCPU `index` starts like the BSP (see [`KvmBackend::set_all_vcpus_boot`]).
@@ -361,6 +387,7 @@ fn vcpu_thread(inner: Arc<Inner>, mut vcpu: VcpuFd, link: VcpuLink) {
         thread: unsafe { libc::pthread_self() },
     });
     log::debug!("vCPU {index}: thread started");
+    inner.handler.vcpu_thread_started(index);
 
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
         run_loop(
@@ -369,6 +396,7 @@ fn vcpu_thread(inner: Arc<Inner>, mut vcpu: VcpuFd, link: VcpuLink) {
             inner.handler.as_ref(),
             &inner.memory,
             ie_ptr,
+            &slot.fault,
         )
     }));
 
@@ -422,6 +450,7 @@ fn run_loop(
     handler: &dyn ExitHandler,
     memory: &GuestMemoryMmap,
     ie_ptr: *mut u8,
+    fault: &AtomicU8,
 ) {
     let index = link.index();
     // SAFETY: `vcpu` (which owns the kvm_run mapping) outlives this function.
@@ -434,8 +463,20 @@ fn run_loop(
             break None;
         }
         link.set_location(Location::InGuest);
-        let exit = vcpu.run();
+        let mut exit = vcpu.run();
         link.set_location(Location::Userspace);
+        match fault.load(Ordering::SeqCst) {
+            0 => {}
+            f if f == Fault::RunFails as u8 => {
+                fault.store(0, Ordering::SeqCst);
+                exit = Err(kvm_ioctls::Error::new(libc::EIO));
+            }
+            _ => link.in_mmio(|| {
+                while fault.load(Ordering::SeqCst) == Fault::Stall as u8 {
+                    thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }),
+        }
         match exit {
             Ok(VcpuExit::IoIn(port, data)) => {
                 link.in_mmio(|| handler.pio_read(index, port, data));
@@ -451,7 +492,7 @@ fn run_loop(
             }
             Ok(VcpuExit::Shutdown) => {
                 log::info!("vCPU {index}: KVM_EXIT_SHUTDOWN (triple fault or reset)");
-                break Some(GuestStop::Reset);
+                break Some(GuestStop::TripleFault);
             }
             Ok(VcpuExit::SystemEvent(kind, data)) => {
                 log::info!("vCPU {index}: KVM_EXIT_SYSTEM_EVENT type {kind} data {data:x?}");

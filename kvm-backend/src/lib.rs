@@ -25,6 +25,8 @@ mod vm;
 use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+#[doc(hidden)]
+pub use backend::Fault;
 pub use backend::KvmBackend;
 pub use error::Error;
 pub use vm::KvmVm;
@@ -46,6 +48,11 @@ pub trait ExitHandler: Send + Sync + 'static {
     /// KVM_EXIT_SYSTEM_EVENT) or the vCPU hit a fatal KVM error. The vCPU thread leaves its
     /// run loop after this call.
     fn guest_stopped(&self, vcpu: usize, reason: GuestStop);
+    /// Called on a vCPU thread once it is set up, before its run loop (e.g. to install
+    /// the thread's seccomp filter). Does nothing by default.
+    fn vcpu_thread_started(&self, vcpu: usize) {
+        let _ = vcpu;
+    }
     /// The vCPU thread has left its run loop (its link is dropped): the VMM should call
     /// `Vcpus::reap()` from its own (non-vCPU) thread.
     fn vcpu_exited(&self, vcpu: usize);
@@ -54,8 +61,10 @@ pub trait ExitHandler: Send + Sync + 'static {
 /// Why a vCPU stopped the VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GuestStop {
-    /// The guest reset the machine: KVM_EXIT_SHUTDOWN (a triple fault, which is also how
-    /// x86 guests reset) or a KVM_SYSTEM_EVENT_RESET.
+    /// KVM_EXIT_SHUTDOWN: a triple fault. Guests that mean to reset use the i8042 or the
+    /// ACPI reset register; an image that dies before its kernel runs ends here too.
+    TripleFault,
+    /// The guest reset the machine (KVM_SYSTEM_EVENT_RESET).
     Reset,
     /// The guest powered off (KVM_SYSTEM_EVENT_SHUTDOWN).
     PowerOff,

@@ -308,6 +308,7 @@ impl GuestFile {
             memory_size: MIN_MEMORY,
             api_socket: None,
             aps_at_entry: false,
+            seccomp: Default::default(),
         }
     }
 }

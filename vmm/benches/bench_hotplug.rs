@@ -91,6 +91,7 @@ fn main() {
     .unwrap_or_else(|e| fail(&format!("cannot write the synthetic guest: {e}")));
     let config = VmConfig {
         aps_at_entry: true,
+        seccomp: Default::default(),
         ..guest.config(1, MAX)
     };
     let vm = Vm::with_serial(&config, Box::new(std::io::sink()))

@@ -65,6 +65,7 @@ fn measure(guest: &GuestFile, n_vcpus: usize, n: usize) -> Result<Figures, Strin
     let serial = Arc::new(AtomicU64::new(0));
     let config = VmConfig {
         aps_at_entry: true,
+        seccomp: Default::default(),
         ..guest.config(n_vcpus, n_vcpus)
     };
     let vm = Vm::with_serial(&config, Box::new(Sink(serial))).map_err(|e| format!("VM: {e}"))?;

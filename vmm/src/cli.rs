@@ -4,12 +4,15 @@
 
 use crate::api::protocol::Request;
 use crate::config::{VmConfig, DEFAULT_MEMORY};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 /// Usage text printed by `--help`.
 pub const USAGE: &str = "\
 Usage: vmm --kernel PATH [--initramfs PATH] [--cmdline STR]
            [--cpus boot=N[,max=M]] [--memory size=SIZE] [--api-socket PATH]
+           [--seccomp true|false|log]
        vmm remote --api-socket PATH (pause | resume | resize --cpus N | info | shutdown)
 
 Boots a Linux kernel (bzImage or ELF vmlinux) on KVM.
@@ -24,6 +27,9 @@ Options:
                        128M..3G)
   --api-socket PATH    serve the control API on this unix socket (mode 0600;
                        one JSON request per line, one JSON response per line)
+  --seccomp MODE        seccomp filters per thread kind: true (default; a forbidden
+                       syscall kills the VMM), log (allowed, logged by the kernel),
+                       false (none)
   -h, --help           print this help
 
 Remote control of a running vmm (prints the JSON response; exits 1 on an error):
@@ -117,6 +123,17 @@ pub enum CliError {
     /// An unparsable size.
     #[error("--memory: '{0}' is not a valid size (examples: 512M, 1G, 262144K, 536870912)")]
     BadSize(String),
+    /// A value that must be text is not UTF-8 (paths may be any bytes).
+    #[error("{flag}: the value '{value}' is not valid UTF-8")]
+    NotUtf8 {
+        /// The flag.
+        flag: &'static str,
+        /// The value, with invalid bytes replaced.
+        value: String,
+    },
+    /// `--seccomp` with another value than true, false or log.
+    #[error("--seccomp: expected true, false or log, got '{0}'")]
+    BadSeccomp(String),
     /// `vmm remote` without `--api-socket`.
     #[error("remote: --api-socket PATH is required")]
     RemoteNeedsSocket,
@@ -140,10 +157,13 @@ pub enum CliError {
 }
 
 /// Parses `args` (without the program name).
+///
+/// Arguments are `OsString`s: paths (`--kernel`, `--initramfs`, `--api-socket`) may be any
+/// bytes; flags and the other values must be UTF-8 ([`CliError::NotUtf8`] otherwise).
 pub fn parse<I, S>(args: I) -> Result<Command, CliError>
 where
     I: IntoIterator<Item = S>,
-    S: Into<String>,
+    S: Into<OsString>,
 {
     let mut kernel = None;
     let mut initramfs = None;
@@ -151,19 +171,17 @@ where
     let mut cpus: Option<(usize, usize)> = None;
     let mut memory = None;
     let mut api_socket = None;
+    let mut seccomp = None;
 
     let mut it = args.into_iter().map(Into::into).peekable();
-    if it.peek().map(String::as_str) == Some("remote") {
+    if it.peek().is_some_and(|a| a == "remote") {
         it.next();
         return parse_remote(it);
     }
     while let Some(arg) = it.next() {
         // Accept both "--flag value" and "--flag=value".
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let name: &'static str = match flag.as_str() {
+        let (flag, inline) = split_flag(&arg)?;
+        let name: &'static str = match flag {
             "-h" | "--help" => return Ok(Command::Help),
             "--kernel" => "--kernel",
             "--initramfs" => "--initramfs",
@@ -171,7 +189,8 @@ where
             "--cpus" => "--cpus",
             "--memory" => "--memory",
             "--api-socket" => "--api-socket",
-            _ => return Err(CliError::UnknownArgument(arg)),
+            "--seccomp" => "--seccomp",
+            _ => return Err(CliError::UnknownArgument(lossy(&arg))),
         };
         let value = match inline {
             Some(v) => v,
@@ -180,9 +199,15 @@ where
         match name {
             "--kernel" => set_once(&mut kernel, PathBuf::from(value), name)?,
             "--initramfs" => set_once(&mut initramfs, PathBuf::from(value), name)?,
-            "--cmdline" => set_once(&mut cmdline, value, name)?,
-            "--cpus" => set_once(&mut cpus, parse_cpus(&value)?, name)?,
-            "--memory" => set_once(&mut memory, parse_memory(&value)?, name)?,
+            "--cmdline" => set_once(&mut cmdline, utf8(value, name)?, name)?,
+            "--cpus" => set_once(&mut cpus, parse_cpus(&utf8(value, name)?)?, name)?,
+            "--memory" => set_once(&mut memory, parse_memory(&utf8(value, name)?)?, name)?,
+            "--seccomp" => {
+                let text = utf8(value, name)?;
+                let mode =
+                    crate::seccomp::SeccompMode::parse(&text).ok_or(CliError::BadSeccomp(text))?;
+                set_once(&mut seccomp, mode, name)?
+            }
             _ => set_once(&mut api_socket, PathBuf::from(value), name)?,
         }
     }
@@ -197,38 +222,39 @@ where
         memory_size: memory.unwrap_or(DEFAULT_MEMORY),
         api_socket,
         aps_at_entry: false,
+        seccomp: seccomp.unwrap_or_default(),
     }))
 }
 
 /// Parses the arguments after `remote`.
-fn parse_remote(it: impl Iterator<Item = String>) -> Result<Command, CliError> {
+fn parse_remote(it: impl Iterator<Item = OsString>) -> Result<Command, CliError> {
     let mut it = it;
     let mut api_socket = None;
     let mut cpus: Option<String> = None;
     let mut command: Option<String> = None;
     while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
+        let (flag, inline) =
+            split_flag(&arg).map_err(|_| CliError::RemoteUnexpected(lossy(&arg)))?;
         let mut value = |name: &'static str| match inline.clone() {
             Some(v) => Ok(v),
             None => it.next().ok_or(CliError::MissingValue(name)),
         };
-        match flag.as_str() {
+        match flag {
             "-h" | "--help" => return Ok(Command::Help),
             "--api-socket" => {
                 let v = value("--api-socket")?;
                 set_once(&mut api_socket, PathBuf::from(v), "--api-socket")?
             }
             "--cpus" => {
-                let v = value("--cpus")?;
+                let v = utf8(value("--cpus")?, "--cpus")?;
                 set_once(&mut cpus, v, "--cpus")?
             }
-            "pause" | "resume" | "resize" | "info" | "shutdown" if command.is_none() => {
-                command = Some(arg)
+            "pause" | "resume" | "resize" | "info" | "shutdown"
+                if command.is_none() && inline.is_none() =>
+            {
+                command = Some(flag.to_string())
             }
-            _ => return Err(CliError::RemoteUnexpected(arg)),
+            _ => return Err(CliError::RemoteUnexpected(lossy(&arg))),
         }
     }
     let api_socket = api_socket.ok_or(CliError::RemoteNeedsSocket)?;
@@ -253,6 +279,33 @@ fn parse_remote(it: impl Iterator<Item = String>) -> Result<Command, CliError> {
         api_socket,
         request,
     }))
+}
+
+/// Splits `--flag=value` into the flag and its inline value (any bytes); other arguments
+/// are returned whole. The flag part must be UTF-8.
+fn split_flag(arg: &OsStr) -> Result<(&str, Option<OsString>), CliError> {
+    let bytes = arg.as_bytes();
+    let (flag, inline) = match bytes.iter().position(|&b| b == b'=') {
+        Some(i) if bytes.starts_with(b"--") => (
+            &bytes[..i],
+            Some(OsStr::from_bytes(&bytes[i + 1..]).to_os_string()),
+        ),
+        _ => (bytes, None),
+    };
+    let flag = std::str::from_utf8(flag).map_err(|_| CliError::UnknownArgument(lossy(arg)))?;
+    Ok((flag, inline))
+}
+
+/// The value of `flag` as UTF-8 text.
+fn utf8(value: OsString, flag: &'static str) -> Result<String, CliError> {
+    value.into_string().map_err(|v| CliError::NotUtf8 {
+        flag,
+        value: lossy(&v),
+    })
+}
+
+fn lossy(s: &OsStr) -> String {
+    s.to_string_lossy().into_owned()
 }
 
 fn set_once<T>(slot: &mut Option<T>, value: T, flag: &'static str) -> Result<(), CliError> {
@@ -462,6 +515,59 @@ mod tests {
             Err(CliError::Duplicate("--kernel"))
         );
         assert_eq!(parse(["--help"]), Ok(Command::Help));
+    }
+
+    #[test]
+    fn seccomp_flag() {
+        use crate::seccomp::SeccompMode;
+        assert_eq!(run(&["--kernel", "k"]).unwrap().seccomp, SeccompMode::Kill);
+        let mode = |v: &str| run(&["--kernel", "k", "--seccomp", v]).map(|c| c.seccomp);
+        assert_eq!(mode("true"), Ok(SeccompMode::Kill));
+        assert_eq!(mode("false"), Ok(SeccompMode::Off));
+        assert_eq!(mode("log"), Ok(SeccompMode::Log));
+        assert_eq!(mode("on"), Err(CliError::BadSeccomp("on".into())));
+    }
+
+    #[test]
+    fn non_utf8_arguments() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(b"/tmp/\xff".to_vec());
+        let args = [OsString::from("--kernel"), bad()];
+        match parse(args) {
+            Ok(Command::Run(c)) => assert_eq!(c.kernel.as_os_str(), bad().as_os_str()),
+            other => panic!("{other:?}"),
+        }
+        let mut inline = OsString::from("--initramfs=");
+        inline.push(bad());
+        match parse([OsString::from("--kernel=k"), inline]) {
+            Ok(Command::Run(c)) => assert_eq!(c.initramfs.unwrap().as_os_str(), bad()),
+            other => panic!("{other:?}"),
+        }
+        let r = parse([OsString::from("--kernel=k"), "--cmdline".into(), bad()]);
+        assert!(
+            matches!(
+                r,
+                Err(CliError::NotUtf8 {
+                    flag: "--cmdline",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        let r = parse([OsString::from("--kernel=k"), bad()]);
+        assert_eq!(r, Err(CliError::UnknownArgument("/tmp/\u{fffd}".into())));
+        let r = parse([
+            "remote".into(),
+            OsString::from("--api-socket"),
+            bad(),
+            "info".into(),
+        ]);
+        match r {
+            Ok(Command::Remote(x)) => assert_eq!(x.api_socket.as_os_str(), bad()),
+            other => panic!("{other:?}"),
+        }
+        let r = parse(["remote".into(), bad()]);
+        assert!(matches!(r, Err(CliError::RemoteUnexpected(_))), "{r:?}");
     }
 
     #[test]

@@ -29,4 +29,7 @@ pub struct VmConfig {
     /// vCPU without using the stack (tests, benchmarks); a real kernel starts its APs
     /// itself. The command line never sets it.
     pub aps_at_entry: bool,
+    /// The seccomp jail of the VMM's threads (`--seccomp`; default on, killing). A library
+    /// user that never calls `seccomp::configure` gets no filter whatever this says.
+    pub seccomp: crate::seccomp::SeccompMode,
 }

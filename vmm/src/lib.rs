@@ -16,6 +16,8 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod seccomp;
+pub mod signals;
 pub mod terminal;
 pub mod vm;
 

@@ -1,7 +1,8 @@
 //! `vmm`: boots a Linux kernel on KVM. Parses the command line, builds the VM, serves the
 //! control API if asked, runs the VM until the guest powers off or reboots or the API asks
 //! for a shutdown (exit 0) or something fails (exit 1, with a `vmm: error: ...` line on
-//! stderr). `vmm remote ...` is the control API's client instead.
+//! stderr). SIGTERM, SIGINT and SIGHUP stop the VM like a shutdown and exit with 128 + the
+//! signal number. `vmm remote ...` is the control API's client instead.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use vmm::api::{self, ApiServer, ClientError, ServerError, VmControl};
 use vmm::cli::{self, CliError, Command, Remote};
 use vmm::terminal;
 use vmm::vm::{Outcome, Vm};
+use vmm::{seccomp, signals};
 
 /// Why the binary exits 1: one variant per layer, each carrying that layer's error.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,12 @@ enum MainError {
     /// `vmm remote` could not get an answer.
     #[error("{0}")]
     Client(#[from] ClientError),
+    /// The termination-signal handler could not be set up.
+    #[error(transparent)]
+    Signals(#[from] vmm::signals::SignalError),
+    /// The seccomp jail could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] vmm::seccomp::SeccompError),
     /// `vmm remote` got an error answer (its message).
     #[error("{0}")]
     Remote(String),
@@ -50,10 +58,16 @@ fn main() -> ExitCode {
             eprintln!("vmm: guest requested a reboot; exiting");
             ExitCode::SUCCESS
         }
-        Ok(Some(Outcome::Shutdown)) => {
-            eprintln!("vmm: VM shut down");
-            ExitCode::SUCCESS
-        }
+        Ok(Some(Outcome::Shutdown)) => match signals::caught() {
+            Some(sig) => {
+                eprintln!("vmm: stopped by {}; VM shut down", signals::name(sig));
+                ExitCode::from(signals::exit_status(sig))
+            }
+            None => {
+                eprintln!("vmm: VM shut down");
+                ExitCode::SUCCESS
+            }
+        },
         Err(e) => {
             eprintln!("vmm: error: {e}");
             ExitCode::FAILURE
@@ -65,7 +79,7 @@ fn main() -> ExitCode {
 
 /// `None` when only help was printed.
 fn run() -> Result<Option<Outcome>, MainError> {
-    let config = match cli::parse(std::env::args().skip(1))? {
+    let config = match cli::parse(std::env::args_os().skip(1))? {
         Command::Help => {
             println!("{}", cli::USAGE);
             return Ok(None);
@@ -73,7 +87,14 @@ fn run() -> Result<Option<Outcome>, MainError> {
         Command::Run(c) => c,
         Command::Remote(r) => return remote(&r).map(|()| None),
     };
+    // Before any thread starts: each installs its filter (vmm::seccomp) once set up, and
+    // inherits the blocked termination signals (only the signal thread takes them).
+    seccomp::configure(config.seccomp);
+    signals::block();
     let vm = Arc::new(Vm::new(&config)?);
+    // From here on SIGTERM/SIGINT/SIGHUP stop the VM through the main loop (so the socket
+    // below is removed); one that came earlier was held blocked until now.
+    signals::watch(vm.event_sender())?;
     // Before the vCPUs start, so a client never sees a half-started VM; dropped (socket
     // file removed) when this function returns, whatever the outcome.
     let _server = match vm.api_socket() {
@@ -94,6 +115,7 @@ fn run() -> Result<Option<Outcome>, MainError> {
     } else {
         None
     };
+    seccomp::enter(seccomp::ThreadKind::Vmm)?;
     Ok(Some(vm.run()?))
 }
 

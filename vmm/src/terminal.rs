@@ -119,6 +119,7 @@ pub fn forward_stdin(vm: Arc<Vm>, events: Sender<VmEvent>, escape: bool) -> std:
     std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
+            crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Console);
             let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 256];
             let mut filter = EscapeFilter::default();

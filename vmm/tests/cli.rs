@@ -40,7 +40,8 @@ fn some_kernel() -> (Option<TempFile>, String) {
     }
     let mut bz = vec![0u8; 4096];
     bz[0x202..0x206].copy_from_slice(b"HdrS");
-    // One file per call: tests run in parallel and each removes its file when done.
+    bz[0x1f4] = 1; // syssize: 16 bytes of kernel after the (default 4-sector) setup
+                   // One file per call: tests run in parallel and each removes its file when done.
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let t = TempFile::new(&format!("fake-bzimage-{n}"), &bz);

@@ -49,6 +49,7 @@ fn usage() -> Usage {
 fn cycle(guest: &GuestFile) {
     let config = VmConfig {
         aps_at_entry: true,
+        seccomp: Default::default(),
         ..guest.config(2, MAX_VCPUS)
     };
     let vm = Vm::with_serial(&config, Box::new(std::io::sink())).expect("VM");

@@ -17,6 +17,7 @@
 pub mod protocol;
 
 use crate::vm::bus::VmEvent;
+use crate::vm::Error;
 use crate::vm::{ResizeError, ResizeOutcome, Vm, VmInfo};
 use protocol::{parse_request, ApiError, Request, Response, MAX_REQUEST_LEN};
 use std::io::{self, Read, Write};
@@ -90,13 +91,15 @@ impl Control for VmControl {
         }
         match self.vm.pause(PAUSE_TIMEOUT) {
             Ok(()) => Ok(()),
-            Err(PauseError::Timeout(t)) => Err(ApiError::PauseTimeout(t)),
+            Err(Error::Pause(PauseError::Timeout(t))) => Err(ApiError::PauseTimeout(t)),
             // The VM's own shutdown resumes every vCPU so they can see their stop; a pause
             // it cancels is reported as what it is, not as a client's concurrent resume.
-            Err(PauseError::Interrupted) if self.vm.is_stopping() => Err(ApiError::ShuttingDown),
-            Err(PauseError::Interrupted) => Err(ApiError::PauseInterrupted),
-            // The API's threads are never vCPU threads; kept typed all the same.
-            Err(e @ PauseError::OnVcpuThread { .. }) => Err(ApiError::Vcpu(e.to_string())),
+            Err(Error::Pause(PauseError::Interrupted)) if self.vm.is_stopping() => {
+                Err(ApiError::ShuttingDown)
+            }
+            Err(Error::Pause(PauseError::Interrupted)) => Err(ApiError::PauseInterrupted),
+            Err(Error::Guest(msg)) => Err(ApiError::VmFailed(msg)),
+            Err(other) => Err(ApiError::VmFailed(other.to_string())),
         }
     }
 
@@ -375,6 +378,8 @@ fn accept_loop(
     limits: ServerLimits,
     stop: Arc<AtomicBool>,
 ) {
+    // Connection threads (and vCPU threads hot-added from them) inherit this filter.
+    crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Api);
     let live = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {

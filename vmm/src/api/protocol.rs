@@ -136,9 +136,13 @@ pub enum ApiError {
     /// `resume` while not paused.
     #[error("the VM is not paused")]
     NotPaused,
-    /// A pause whose deadline passed; names every vCPU that did not acknowledge.
-    #[error("{0}")]
+    /// A pause whose deadline passed; names every vCPU that did not acknowledge. The
+    /// pause was withdrawn (`Vm::pause`'s contract): the VM is running.
+    #[error("{0}; the pause was withdrawn: the vCPUs that had acknowledged run again and the VM is running")]
     PauseTimeout(PauseTimeout),
+    /// A vCPU failed (the message names it); the VM is going down.
+    #[error("the VM failed: {0}")]
+    VmFailed(String),
     /// A concurrent `resume` ended the pause before every vCPU acknowledged.
     #[error("the pause was cancelled by a concurrent resume")]
     PauseInterrupted,
@@ -181,6 +185,7 @@ impl ApiError {
             ApiError::NotPaused => "not_paused",
             ApiError::PauseTimeout(_) => "pause_timeout",
             ApiError::PauseInterrupted => "pause_interrupted",
+            ApiError::VmFailed(_) => "vm_failed",
             ApiError::Vcpu(_) => "vcpu_error",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Timeout(_) => "timeout",

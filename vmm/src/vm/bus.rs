@@ -23,7 +23,7 @@ use vcpu_sync::{Backend, WriteEffect};
 pub enum VmEvent {
     /// The guest powered off (ACPI S5 or a KVM shutdown event).
     PowerOff,
-    /// The guest rebooted (i8042 reset, ACPI reset register, triple fault).
+    /// The guest rebooted (i8042 reset, ACPI reset register; a triple fault is `Fatal`).
     Reboot,
     /// Something went wrong that ends the VM.
     Fatal(String),
@@ -51,6 +51,9 @@ pub struct DeviceBus<B: Backend> {
     cmos: Mutex<Cmos>,
     hotplug: HotplugController<B>,
     events: Sender<VmEvent>,
+    /// The first fatal guest or vCPU failure, for callers that must not report success on
+    /// a dying VM (a pause in flight).
+    failure: std::sync::OnceLock<String>,
 }
 
 impl<B: Backend> std::fmt::Debug for DeviceBus<B> {
@@ -74,6 +77,7 @@ impl<B: Backend> DeviceBus<B> {
             cmos: Mutex::new(Cmos::default()),
             hotplug: HotplugController::new(hotplug_base),
             events,
+            failure: std::sync::OnceLock::new(),
         }
     }
 
@@ -95,6 +99,11 @@ impl<B: Backend> DeviceBus<B> {
             self.serial_irq.trigger();
         }
         taken
+    }
+
+    /// The first fatal failure a vCPU reported, if any.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     /// Flushes buffered serial output (before the process exits).
@@ -197,7 +206,10 @@ impl<B: Backend> DeviceBus<B> {
             Some(off) => match self.hotplug.write(off, data) {
                 WriteEffect::Ejected(i) => self.send(VmEvent::Ejected(i)),
                 WriteEffect::EjectRefused(i) => {
-                    log::warn!("guest tried to eject vCPU {i}, which was not being removed")
+                    crate::guest_warn!(
+                        "eject without removal request",
+                        "guest tried to eject vCPU {i}, which was not being removed"
+                    )
                 }
                 _ => {}
             },
@@ -235,6 +247,12 @@ impl<B: Backend> ExitHandler for DeviceBus<B> {
 
     fn guest_stopped(&self, vcpu: usize, reason: GuestStop) {
         let ev = match reason {
+            // A triple fault: the guest crashed (a bad or truncated image dies this way
+            // before its kernel prints anything). Guests reboot through the i8042 or the
+            // ACPI reset register (`reboot=k` is on the default command line).
+            GuestStop::TripleFault => VmEvent::Fatal(format!(
+                "vCPU {vcpu}: the guest triple-faulted (KVM_EXIT_SHUTDOWN): it crashed, or its kernel image is bad"
+            )),
             GuestStop::Reset => VmEvent::Reboot,
             GuestStop::PowerOff => VmEvent::PowerOff,
             GuestStop::SystemEvent(other) => {
@@ -242,7 +260,14 @@ impl<B: Backend> ExitHandler for DeviceBus<B> {
             }
             GuestStop::Fatal(msg) => VmEvent::Fatal(msg),
         };
+        if let VmEvent::Fatal(msg) = &ev {
+            let _ = self.failure.set(msg.clone());
+        }
         self.send(ev);
+    }
+
+    fn vcpu_thread_started(&self, _vcpu: usize) {
+        crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Vcpu);
     }
 
     fn vcpu_exited(&self, vcpu: usize) {

@@ -24,7 +24,7 @@ pub enum Error {
     #[error("vCPU: {0}")]
     Vcpu(#[from] vcpu_sync::CoreError),
     /// A pause did not complete.
-    #[error("pause failed: {0}")]
+    #[error("pause failed, the VM is left running: {0}")]
     Pause(#[from] vcpu_sync::PauseError),
     /// More vCPUs than the host or the machine model allow.
     #[error("--cpus max={requested} is above the limit of {limit} vCPUs (KVM allows {kvm_limit}; xAPIC MADT entries allow 254)")]
@@ -47,6 +47,9 @@ pub enum Error {
     /// The guest or a vCPU failed fatally.
     #[error("guest failed: {0}")]
     Guest(String),
+    /// The serial output thread could not be started.
+    #[error("cannot set up serial output: {0}")]
+    Console(#[source] std::io::Error),
     /// `run` was called twice.
     #[error("the VM's main loop is already running")]
     AlreadyRunning,

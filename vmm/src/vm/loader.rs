@@ -77,6 +77,9 @@ pub enum LoaderError {
     /// Neither a bzImage nor an ELF file.
     #[error("{} is not a Linux kernel image (expected a bzImage or an ELF vmlinux)", .0.display())]
     NotAKernel(PathBuf),
+    /// The image's headers do not fit the file or the guest ([`crate::vm::image_check`]).
+    #[error(transparent)]
+    Image(#[from] crate::vm::image_check::ImageError),
     /// linux-loader rejected the image.
     #[error("cannot load kernel {}: {source}", path.display())]
     Load {
@@ -282,6 +285,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
 
 fn load_kernel_unchecked(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, LoaderError> {
     let format = probe_kernel(path)?;
+    crate::vm::image_check::check_kernel(path, format, mem.last_addr().raw_value() + 1)?;
     let mut file = open(path, LoaderError::KernelNotFound)?;
     let himem = GuestAddress(HIMEM_START);
     let load_err = |source| LoaderError::Load {
@@ -532,16 +536,10 @@ mod tests {
         assert_eq!(probe_kernel(&p).unwrap(), KernelFormat::BzImage);
         let e = temp_file("elf", b"\x7fELF\x02\x01\x01");
         assert_eq!(probe_kernel(&e).unwrap(), KernelFormat::Elf);
-        // A fake bzImage with a bad header is refused by the loader, not a panic.
+        // A fake bzImage with a bad header is refused (by the header checks), not a panic.
         let mem = crate::vm::memory::create_guest_memory(128 << 20).unwrap();
-        assert!(matches!(
-            load_kernel(&mem, &p),
-            Err(LoaderError::Load { .. })
-        ));
-        assert!(matches!(
-            load_kernel(&mem, &e),
-            Err(LoaderError::Load { .. })
-        ));
+        assert!(matches!(load_kernel(&mem, &p), Err(LoaderError::Image(_))));
+        assert!(matches!(load_kernel(&mem, &e), Err(LoaderError::Image(_))));
         let _ = std::fs::remove_file(p);
         let _ = std::fs::remove_file(e);
     }

@@ -5,16 +5,20 @@
 
 pub mod acpi;
 pub mod bus;
+pub mod console;
 pub mod devices;
 mod error;
+pub mod image_check;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod ratelimit;
 
 pub use error::Error;
 
 use crate::config::VmConfig;
 use bus::{DeviceBus, SerialOut, VmEvent};
+use console::Console;
 use devices::ged::Ged;
 use devices::Interrupt;
 use kvm_backend::{BackendConfig, BootEntry, KvmBackend, KvmVm};
@@ -24,20 +28,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vcpu_sync::{Life, PauseError, SlotReport, Stats, Vcpus};
+use vcpu_sync::{Life, SlotReport, Stats, Vcpus};
 use vm_memory::GuestMemoryMmap;
 
 /// vCPUs the MADT can describe with xAPIC entries (IDs 0..=253; 255 is broadcast).
 pub const XAPIC_MAX_VCPUS: usize = 254;
 /// How long stopping all vCPUs at exit may take.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for buffered serial output to reach its sink (the 2 s in the
+/// warning when it does not).
+const SERIAL_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How the guest ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// ACPI S5 / KVM shutdown event.
     PowerOff,
-    /// Reset via i8042, ACPI reset register or triple fault.
+    /// Reset via i8042 or the ACPI reset register (a triple fault is an error).
     Reboot,
     /// The VMM was asked to stop the VM.
     Shutdown,
@@ -234,6 +241,7 @@ pub struct Vm {
     memory: GuestMemoryMmap,
     vcpus: Vcpus<KvmBackend>,
     bus: Arc<DeviceBus<KvmBackend>>,
+    console: Console,
     ged: Ged,
     events_tx: Sender<VmEvent>,
     events_rx: Mutex<Option<Receiver<VmEvent>>>,
@@ -274,7 +282,9 @@ pub fn check_config(config: &VmConfig) -> Result<(), Error> {
         });
     }
     memory::check_size(config.memory_size)?;
-    loader::probe_kernel(&config.kernel)?;
+    let format = loader::probe_kernel(&config.kernel)?;
+    crate::vm::image_check::check_kernel(&config.kernel, format, config.memory_size)
+        .map_err(loader::LoaderError::from)?;
     if let Some(path) = &config.initramfs {
         if !path.is_file() {
             return Err(loader::LoaderError::InitramfsNotFound(path.clone()).into());
@@ -287,10 +297,11 @@ impl Vm {
     /// Builds the VM (memory, kernel, ACPI, devices, vCPU slots) without starting vCPUs.
     /// Serial output goes to stdout.
     pub fn new(config: &VmConfig) -> Result<Vm, Error> {
-        Self::with_serial(config, Box::new(std::io::stdout()))
+        Self::with_serial(config, console::stdout_sink())
     }
 
-    /// [`Vm::new`] with serial output going to `serial_out`.
+    /// [`Vm::new`] with serial output going to `serial_out` (through a bounded buffer and
+    /// a writer thread, [`console`]: a sink that blocks loses output, never stalls the VM).
     pub fn with_serial(config: &VmConfig, serial_out: SerialOut) -> Result<Vm, Error> {
         check_config(config)?;
         let kvm = Arc::new(KvmVm::new()?);
@@ -325,13 +336,14 @@ impl Vm {
             cmdline.as_cstring().ok()
         );
 
+        let console = Console::spawn(serial_out).map_err(Error::Console)?;
         let (events_tx, events_rx) = channel();
         let serial_irq: Arc<dyn Interrupt> = Arc::new(KvmIrq {
             vm: kvm.clone(),
             gsi: COM1_IRQ,
         });
         let bus = Arc::new(DeviceBus::new(
-            serial_out,
+            Box::new(console.out()),
             serial_irq,
             HOTPLUG_MMIO_BASE,
             events_tx.clone(),
@@ -359,6 +371,7 @@ impl Vm {
             memory,
             vcpus,
             bus,
+            console,
             ged,
             events_tx,
             events_rx: Mutex::new(Some(events_rx)),
@@ -424,7 +437,7 @@ impl Vm {
         result
     }
 
-    /// Stops and reaps every vCPU (bounded), flushing serial output.
+    /// Stops and reaps every vCPU (bounded), then drains serial output (bounded).
     /// VMM threads only: on a vCPU thread it logs an error and does nothing.
     pub fn shutdown(&self) {
         if let Some(index) = vcpu_sync::current_vcpu() {
@@ -442,7 +455,18 @@ impl Vm {
         if let Err(e) = self.vcpus.shutdown(SHUTDOWN_TIMEOUT) {
             log::warn!("stopping vCPUs: {e}");
         }
-        self.bus.flush_serial();
+        let drained = self.console.drain(SERIAL_DRAIN_TIMEOUT);
+        let dropped = self.console.dropped();
+        if dropped > 0 || !drained {
+            let rest = if drained {
+                ""
+            } else {
+                "; what was still buffered is dropped too (the sink took nothing for 2 s)"
+            };
+            log::warn!(
+                "serial output: {dropped} byte(s) dropped because the sink did not keep up{rest}"
+            );
+        }
     }
 
     /// A sender for asking the main loop to stop the VM ([`VmEvent::Shutdown`]).
@@ -450,15 +474,33 @@ impl Vm {
         self.events_tx.clone()
     }
 
-    /// Pauses every vCPU, failing with the missing vCPUs named after `timeout`.
-    pub fn pause(&self, timeout: Duration) -> Result<(), PauseError> {
+    /// Pauses every vCPU, failing with the missing vCPUs named after `timeout` (plus the
+    /// core's one grace period, [`vcpu_sync::PAUSE_GRACE`]).
+    ///
+    /// Contract: a pause that fails does not stay in force; after an error the VM is
+    /// running (or going down). On a timeout the pause is withdrawn, so the vCPUs that
+    /// had acknowledged run again, also when the VM had been paused before this call; an
+    /// interrupted pause was ended by a concurrent resume; a VM with a failed vCPU
+    /// ([`Error::Guest`], the vCPU named) is not reported as paused, since a dead vCPU
+    /// counts as acknowledged in the core.
+    pub fn pause(&self, timeout: Duration) -> Result<(), Error> {
         #[cfg(feature = "legacy-wide-lock")]
-        return self
+        let r = self
             .bus
             .hotplug()
             .legacy_locked(|| self.vcpus.pause(timeout));
         #[cfg(not(feature = "legacy-wide-lock"))]
-        self.vcpus.pause(timeout)
+        let r = self.vcpus.pause(timeout);
+        if let Err(vcpu_sync::PauseError::Timeout(t)) = &r {
+            self.vcpus.resume();
+            log::warn!("pause withdrawn after its timeout, the VM runs again: {t}");
+        }
+        r?;
+        if let Some(msg) = self.bus.failure() {
+            self.vcpus.resume();
+            return Err(Error::Guest(msg.to_string()));
+        }
+        Ok(())
     }
 
     /// Whether the VM is on its way down (a poweroff, reboot or shutdown was decided).

@@ -30,7 +30,10 @@ pub fn decode_write(value: u8) -> PmAction {
         if typ == S5_SLEEP_TYPE {
             return PmAction::PowerOff;
         }
-        log::warn!("acpi: guest asked for unsupported sleep type {typ}; ignored");
+        crate::guest_warn!(
+            "unsupported sleep type",
+            "acpi: guest asked for unsupported sleep type {typ}; ignored"
+        );
     }
     PmAction::None
 }
