@@ -174,7 +174,7 @@ fn hot_remove_then_hot_add_the_same_index_then_shutdown() {
 }
 
 #[test]
-fn triple_fault_reports_reset_and_exits() {
+fn triple_fault_is_reported_and_the_vcpu_exits() {
     if !kvm_available() {
         return;
     }
@@ -184,7 +184,10 @@ fn triple_fault_reports_reset_and_exits() {
         wait_until(TIMEOUT, || !t.rec.exited.lock().unwrap().is_empty()),
         "vCPU did not exit after a triple fault"
     );
-    assert_eq!(*t.rec.stopped.lock().unwrap(), vec![(0, GuestStop::Reset)]);
+    assert_eq!(
+        *t.rec.stopped.lock().unwrap(),
+        vec![(0, GuestStop::TripleFault)]
+    );
     assert!(wait_until(TIMEOUT, || t.vcpus.report(0).life == Life::Exited));
     assert_eq!(t.vcpus.reap().unwrap(), vec![0]);
     assert_eq!(t.vcpus.report(0).life, Life::Absent);

@@ -25,6 +25,8 @@ struct State {
     writing: bool,
     /// No more bytes will come: the writer thread exits once `buf` is empty.
     closed: bool,
+    /// The writer thread has returned (or is about to).
+    exited: bool,
     dropped: u64,
     accepted: u64,
 }
@@ -73,6 +75,7 @@ impl Write for ConsoleOut {
 /// The writer thread and its buffer.
 pub struct Console {
     shared: Arc<Shared>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Console {
@@ -98,10 +101,17 @@ impl Console {
             capacity,
         });
         let s = shared.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("serial-out".into())
-            .spawn(move || writer(&s, &mut sink))?;
-        Ok(Console { shared })
+            .spawn(move || {
+                writer(&s, &mut sink);
+                s.lock().exited = true;
+                s.cv.notify_all();
+            })?;
+        Ok(Console {
+            shared,
+            writer: Some(writer),
+        })
     }
 
     /// A writer for the UART.
@@ -141,11 +151,32 @@ impl Console {
     }
 }
 
+/// How long dropping a [`Console`] waits for its writer to finish what is buffered.
+const EXIT_WAIT: Duration = Duration::from_secs(1);
+
 impl Drop for Console {
     fn drop(&mut self) {
-        // The writer finishes what is buffered, then exits; nobody waits for it.
-        self.shared.lock().closed = true;
+        // The writer finishes what is buffered, then exits. It is joined when it does so
+        // within EXIT_WAIT (a dropped VM leaves no thread behind); a writer blocked on a
+        // sink nobody reads is left to the process exit.
+        let deadline = Instant::now() + EXIT_WAIT;
+        let mut s = self.shared.lock();
+        s.closed = true;
         self.shared.cv.notify_all();
+        while !s.exited {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            s = match self.shared.cv.wait_timeout(s, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        drop(s);
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
     }
 }
 

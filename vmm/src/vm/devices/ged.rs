@@ -22,6 +22,8 @@ pub struct Ged {
     held: Arc<AtomicBool>,
     /// The VM is going away: a waiter gives up.
     closed: Arc<AtomicBool>,
+    /// The waiter thread, joined by `close` (it only sleeps and polls, so that is quick).
+    waiter: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Ged {
@@ -41,6 +43,7 @@ impl Ged {
             notifications: AtomicU64::new(0),
             held: Arc::new(AtomicBool::new(false)),
             closed: Arc::new(AtomicBool::new(false)),
+            waiter: std::sync::Mutex::new(None),
         }
     }
 
@@ -77,11 +80,14 @@ impl Ged {
                     std::thread::sleep(HOLD_POLL);
                 }
             });
-        if let Err(e) = spawned {
-            // No thread: raise it anyway; the guest may still catch it.
-            log::warn!("cannot start the GED hold thread ({e}); raising the line now");
-            self.held.store(false, Ordering::SeqCst);
-            self.irq.trigger();
+        match spawned {
+            Ok(h) => *self.waiter.lock().unwrap_or_else(|p| p.into_inner()) = Some(h),
+            Err(e) => {
+                // No thread: raise it anyway; the guest may still catch it.
+                log::warn!("cannot start the GED hold thread ({e}); raising the line now");
+                self.held.store(false, Ordering::SeqCst);
+                self.irq.trigger();
+            }
         }
     }
 
@@ -90,9 +96,13 @@ impl Ged {
         self.held.load(Ordering::SeqCst)
     }
 
-    /// Ends any wait for the guest (the VM is stopping).
+    /// Ends any wait for the guest (the VM is stopping) and joins the waiter thread.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        let waiter = self.waiter.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = waiter {
+            let _ = h.join();
+        }
     }
 
     /// How many times the guest was notified.
