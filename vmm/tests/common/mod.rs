@@ -185,28 +185,9 @@ impl VmmProcess {
     pub fn wait_for_line(
         &self,
         timeout: Duration,
-        mut pred: impl FnMut(&str) -> bool,
+        pred: impl FnMut(&str) -> bool,
     ) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let (m, cv) = &*self.out;
-        let mut seen = 0;
-        let mut g = m.lock().unwrap();
-        loop {
-            while seen < g.lines.len() {
-                if pred(&g.lines[seen]) {
-                    return Some(g.lines[seen].clone());
-                }
-                seen += 1;
-            }
-            if g.stdout_closed {
-                return None;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            g = cv.wait_timeout(g, deadline - now).unwrap().0;
-        }
+        self.wait_for_line_from(0, timeout, pred).map(|(_, l)| l)
     }
 
     /// [`VmmProcess::wait_for_line`] looking only at lines from index `from` on; returns
