@@ -47,6 +47,15 @@ pub enum Error {
     /// The guest or a vCPU failed fatally.
     #[error("guest failed: {0}")]
     Guest(String),
+    /// `--serial file=PATH` could not be opened.
+    #[error("--serial: cannot open {}: {source}", path.display())]
+    SerialFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// `run` was called twice.
     #[error("the VM's main loop is already running")]
     AlreadyRunning,
