@@ -507,3 +507,295 @@ fn echo(s: &str) -> String {
         None => s.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(endpoint: &str, body: &str) -> Result<Request, ApiError> {
+        parse_request("PUT", &format!("/api/v1/{endpoint}"), body.as_bytes())
+    }
+
+    fn resize(body: &str) -> Result<Request, ApiError> {
+        put("vm.resize", body)
+    }
+
+    #[test]
+    fn valid_requests() {
+        assert_eq!(
+            parse_request("GET", "/api/v1/vmm.ping", b""),
+            Ok(Request::Ping)
+        );
+        assert_eq!(
+            parse_request("GET", "/api/v1/vm.info", b""),
+            Ok(Request::Info)
+        );
+        assert_eq!(put("vm.pause", ""), Ok(Request::Pause));
+        assert_eq!(put("vm.pause", " {} \n"), Ok(Request::Pause));
+        assert_eq!(put("vm.resume", ""), Ok(Request::Resume));
+        assert_eq!(put("vm.shutdown", ""), Ok(Request::VmShutdown));
+        assert_eq!(put("vmm.shutdown", ""), Ok(Request::VmmShutdown));
+        assert_eq!(
+            resize(r#" {"desired_vcpus": 4} "#),
+            Ok(Request::Resize { desired_vcpus: 4 })
+        );
+        assert_eq!(
+            resize(r#"{"desired_vcpus":18446744073709551615}"#),
+            Ok(Request::Resize {
+                desired_vcpus: usize::MAX
+            })
+        );
+    }
+
+    #[test]
+    fn round_trip_and_routes() {
+        for r in [
+            Request::Ping,
+            Request::Info,
+            Request::Pause,
+            Request::Resume,
+            Request::VmShutdown,
+            Request::VmmShutdown,
+            Request::Resize { desired_vcpus: 1 },
+            Request::Resize { desired_vcpus: 254 },
+        ] {
+            let body = r.body().unwrap_or_default();
+            assert_eq!(
+                parse_request(r.method(), &r.path(), body.as_bytes()),
+                Ok(r.clone())
+            );
+            assert!(ROUTES
+                .iter()
+                .any(|(p, m, _)| *p == r.endpoint() && *m == r.method()));
+        }
+        assert_eq!(ROUTES.len(), 7);
+    }
+
+    #[test]
+    fn paths_and_methods() {
+        for path in [
+            "/",
+            "",
+            "/api/v1",
+            "/api/v1/",
+            "/api/v1/vm.reboot",
+            "/api/v2/vm.info",
+            "/api/v1/vm.info/",
+            "api/v1/vm.info",
+            "/api/v1//vm.info",
+        ] {
+            let e = parse_request("GET", path, b"").unwrap_err();
+            assert!(matches!(e, ApiError::NotFound(_)), "{path}: {e:?}");
+            assert_eq!((e.status(), e.kind()), (404, "not_found"));
+        }
+        let e = parse_request("GET", "/api/v1/vm.pause", b"").unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::MethodNotAllowed {
+                endpoint: "vm.pause",
+                method: "GET".into(),
+                allowed: "PUT"
+            }
+        );
+        assert_eq!((e.status(), e.kind()), (405, "method_not_allowed"));
+        assert_eq!(e.to_json()["allowed"], "PUT");
+        let e = parse_request("PUT", "/api/v1/vm.info", b"").unwrap_err();
+        assert_eq!(e.status(), 405);
+        // Method names are case-sensitive in HTTP.
+        assert_eq!(
+            parse_request("put", "/api/v1/vm.pause", b"")
+                .unwrap_err()
+                .status(),
+            405
+        );
+        // A path we do not serve is 404 whatever the body.
+        let e = parse_request("PUT", "/nope", &vec![b'x'; MAX_BODY_LEN + 1]).unwrap_err();
+        assert_eq!(e.status(), 404);
+    }
+
+    #[test]
+    fn too_large() {
+        let mut big = br#"{"desired_vcpus":2}"#.to_vec();
+        big.resize(MAX_BODY_LEN + 1, b' ');
+        let e = parse_request("PUT", "/api/v1/vm.resize", &big).unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::TooLarge {
+                limit: MAX_BODY_LEN
+            }
+        );
+        assert_eq!((e.status(), e.kind()), (413, "too_large"));
+        big.truncate(MAX_BODY_LEN);
+        assert!(parse_request("PUT", "/api/v1/vm.resize", &big).is_ok());
+    }
+
+    #[test]
+    fn malformed() {
+        for bad in [
+            "",
+            "   ",
+            "{",
+            "{\"desired_vcpus\":2",
+            "{\"desired_vcpus\":2} trailing",
+            "{desired_vcpus:2}",
+            "{\"desired_vcpus\":2,}",
+            "\u{feff}{\"desired_vcpus\":2}",
+            &"[".repeat(1000),
+            r#"{"desired_vcpus":1e400}"#,
+        ] {
+            let e = resize(bad).unwrap_err();
+            assert!(matches!(e, ApiError::Malformed(_)), "{bad:?}: {e:?}");
+            assert_eq!((e.status(), e.kind()), (400, "malformed_json"));
+        }
+        let e =
+            parse_request("PUT", "/api/v1/vm.resize", b"{\"desired_vcpus\":\xff2}").unwrap_err();
+        assert!(
+            matches!(e, ApiError::Malformed(ref m) if m.contains("UTF-8")),
+            "{e:?}"
+        );
+        // A body on an endpoint that takes none must still be JSON.
+        assert_eq!(
+            put("vm.pause", "pause now").unwrap_err().kind(),
+            "malformed_json"
+        );
+    }
+
+    #[test]
+    fn not_an_object() {
+        for (bad, kind) in [
+            ("[]", "an array"),
+            ("\"4\"", "a string"),
+            ("4", "a number"),
+            ("-1", "a number"),
+            ("true", "a boolean"),
+            ("null", "null"),
+        ] {
+            let e = resize(bad).unwrap_err();
+            assert_eq!(e, ApiError::NotAnObject(kind), "{bad}");
+            assert_eq!(e.kind(), "not_an_object");
+        }
+    }
+
+    #[test]
+    fn fields() {
+        let e = resize(r#"{"desired_vcpus":1,"desired_vcpus":4}"#).unwrap_err();
+        assert_eq!(e, ApiError::DuplicateField("desired_vcpus".into()));
+        assert_eq!(e.kind(), "duplicate_field");
+        let e = resize("{}").unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::MissingField {
+                endpoint: "vm.resize",
+                field: "desired_vcpus"
+            }
+        );
+        assert_eq!(e.to_string(), "missing field 'desired_vcpus' for vm.resize");
+        // Cloud Hypervisor's other resize fields are not ours.
+        let e = resize(r#"{"desired_vcpus":2,"desired_ram":1073741824}"#).unwrap_err();
+        assert!(matches!(e, ApiError::UnknownField { ref field, .. } if field == "desired_ram"));
+        let e = put("vm.pause", r#"{"desired_vcpus":2}"#).unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::UnknownField {
+                endpoint: "vm.pause",
+                field: "desired_vcpus".into()
+            }
+        );
+        // Client text is echoed truncated.
+        let long = "k".repeat(5000);
+        let e = resize(&format!(r#"{{"{long}":1}}"#)).unwrap_err();
+        assert!(e.to_string().len() < 200, "{e}");
+        let e = parse_request("GET", &format!("/{long}"), b"").unwrap_err();
+        assert!(e.to_string().len() < 300, "{e}");
+    }
+
+    #[test]
+    fn wrong_type() {
+        for (bad, found) in [
+            (r#"{"desired_vcpus":"4"}"#, "a string"),
+            (r#"{"desired_vcpus":-1}"#, "the negative number -1"),
+            (r#"{"desired_vcpus":2.5}"#, "the non-integer number 2.5"),
+            (r#"{"desired_vcpus":4.0}"#, "the non-integer number 4.0"),
+            (r#"{"desired_vcpus":true}"#, "a boolean"),
+            (r#"{"desired_vcpus":null}"#, "null"),
+            (r#"{"desired_vcpus":[4]}"#, "an array"),
+            (
+                r#"{"desired_vcpus":99999999999999999999999}"#,
+                "the non-integer number",
+            ),
+        ] {
+            match resize(bad) {
+                Err(ApiError::WrongType {
+                    field: "desired_vcpus",
+                    expected: "a non-negative integer",
+                    found: f,
+                }) => assert!(f.starts_with(found), "{bad}: {f}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn zero_cpus() {
+        let e = resize(r#"{"desired_vcpus":0}"#).unwrap_err();
+        assert_eq!(e, ApiError::ZeroCpus);
+        assert_eq!((e.status(), e.kind()), (400, "zero"));
+    }
+
+    #[test]
+    fn statuses_and_kinds() {
+        assert_eq!(
+            (ApiError::NotPaused.status(), ApiError::NotPaused.kind()),
+            (409, "not_paused")
+        );
+        assert_eq!(ApiError::ShuttingDown.kind(), "shutting_down");
+        assert_eq!(ApiError::ShuttingDown.status(), 503);
+        let busy = ApiError::SlotsBusy {
+            requested: 4,
+            free: 1,
+            busy: vec![3],
+        };
+        assert_eq!((busy.status(), busy.kind()), (429, "slots_busy"));
+        assert_eq!(busy.to_json()["busy"], serde_json::json!([3]));
+        let v = ApiError::AboveMax {
+            requested: 5,
+            max: 4,
+        }
+        .to_json();
+        assert_eq!(
+            (v["max"].clone(), v["kind"].clone()),
+            (4.into(), "above_max".into())
+        );
+    }
+
+    #[test]
+    fn pause_timeout_names_the_missing_vcpus() {
+        use vcpu_sync::{Life, Location, SlotReport};
+        let e = ApiError::PauseTimeout(PauseTimeout {
+            missing: vec![SlotReport {
+                index: 2,
+                life: Life::Active,
+                location: Location::InMmio,
+                inserting: false,
+                removing: false,
+                remove_requested: false,
+                paused: false,
+                kicks: 7,
+            }],
+        });
+        assert_eq!((e.status(), e.kind()), (500, "pause_timeout"));
+        let v = e.to_json();
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("vCPU 2 (Active, in MMIO/PIO handler"),
+            "{v}"
+        );
+        assert_eq!(
+            v["missing"],
+            serde_json::json!([{"index": 2, "life": "active", "location": "in MMIO/PIO handler", "kicks": 7}])
+        );
+        assert_eq!(ApiError::PauseInterrupted.kind(), "pause_interrupted");
+    }
+}

@@ -565,3 +565,335 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::client::Connection;
+    use crate::api::Request;
+    use crate::vm::{ResizeOutcome, StatsInfo, VcpuInfo, VmInfo};
+    use std::io::{Read, Write};
+    use std::sync::Condvar;
+
+    const T: Duration = Duration::from_secs(10);
+
+    /// A VM stand-in: 4 slots, `n` present, a pause flag; `pause` blocks while `hold` is set.
+    struct Fake {
+        n: Mutex<usize>,
+        paused: AtomicBool,
+        shutdowns: AtomicUsize,
+        hold: Mutex<bool>,
+        released: Condvar,
+        pausing: AtomicUsize,
+    }
+
+    impl Fake {
+        fn new() -> Arc<Fake> {
+            Arc::new(Fake {
+                n: Mutex::new(1),
+                paused: AtomicBool::new(false),
+                shutdowns: AtomicUsize::new(0),
+                hold: Mutex::new(false),
+                released: Condvar::new(),
+                pausing: AtomicUsize::new(0),
+            })
+        }
+
+        fn set_hold(&self, on: bool) {
+            *self.hold.lock().unwrap() = on;
+            self.released.notify_all();
+        }
+    }
+
+    impl Control for Fake {
+        fn pause(&self) -> Result<(), ApiError> {
+            self.pausing.fetch_add(1, Ordering::SeqCst);
+            let g = self.hold.lock().unwrap();
+            let _g = self
+                .released
+                .wait_timeout_while(g, Duration::from_secs(20), |h| *h)
+                .unwrap();
+            self.pausing.fetch_sub(1, Ordering::SeqCst);
+            self.paused.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        fn resume(&self) -> Result<(), ApiError> {
+            if self.paused.swap(false, Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(ApiError::NotPaused)
+            }
+        }
+        fn resize(&self, cpus: usize) -> Result<ResizeOutcome, ApiError> {
+            if cpus > 4 {
+                return Err(ApiError::AboveMax {
+                    requested: cpus,
+                    max: 4,
+                });
+            }
+            *self.n.lock().unwrap() = cpus;
+            Ok(ResizeOutcome {
+                cpus,
+                ..Default::default()
+            })
+        }
+        fn info(&self) -> VmInfo {
+            let n = *self.n.lock().unwrap();
+            VmInfo {
+                boot_vcpus: 1,
+                max_vcpus: 4,
+                active_vcpus: n,
+                memory_size: 0,
+                paused: self.paused.load(Ordering::SeqCst),
+                ged_notifications: 0,
+                ged_notification_held: false,
+                pending_insertions: vec![],
+                pending_removals: vec![],
+                stats: StatsInfo {
+                    pauses: 0,
+                    pauses_overlapping_mmio: 0,
+                    pauses_during_hotplug_access: 0,
+                    pauses_during_eject: 0,
+                    pauses_during_reap: 0,
+                    rekicks: 0,
+                    ejects: 0,
+                },
+                vcpus: (0..4)
+                    .map(|i| VcpuInfo {
+                        index: i,
+                        state: if i < n { "running" } else { "absent" },
+                        life: "active".into(),
+                        location: "in guest mode".into(),
+                        inserting: false,
+                        removing: false,
+                        remove_requested: false,
+                        paused: false,
+                        kicks: 0,
+                    })
+                    .collect(),
+            }
+        }
+        fn shutdown(&self) -> Result<(), ApiError> {
+            self.shutdowns.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn sock_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("vmm-api-unit-{}-{name}.sock", std::process::id()))
+    }
+
+    fn start(name: &str, limits: ServerLimits) -> (ApiServer, Arc<Fake>) {
+        let fake = Fake::new();
+        let path = sock_path(name);
+        let _ = std::fs::remove_file(&path);
+        let server = ApiServer::start_with(&path, fake.clone(), limits).unwrap();
+        (server, fake)
+    }
+
+    fn send(path: &Path, req: &Request) -> crate::api::client::Answer {
+        Connection::connect(path).unwrap().send(req, T).unwrap()
+    }
+
+    /// Waits until the server closes `s` (EOF); the time it took, or None past `within`.
+    fn closed_within(s: &mut UnixStream, within: Duration) -> Option<Duration> {
+        let t = Instant::now();
+        s.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Some(t.elapsed()),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    #[test]
+    fn requests_and_errors_over_a_socket() {
+        let (server, fake) = start("basic", ServerLimits::default());
+        let mode = std::fs::metadata(server.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mut c = Connection::connect(server.path()).unwrap();
+        let a = c.send(&Request::Pause, T).unwrap();
+        assert_eq!((a.status, a.text.as_str()), (204, ""));
+        assert_eq!(c.send(&Request::Resume, T).unwrap().status, 204);
+        let a = c.send(&Request::Resume, T).unwrap();
+        assert_eq!(a.status, 409);
+        assert_eq!(a.body.as_ref().unwrap()["kind"], "not_paused");
+        assert_eq!(
+            a.error().unwrap(),
+            "the VM is not paused (not_paused, HTTP 409)"
+        );
+        let a = c.send(&Request::Resize { desired_vcpus: 3 }, T).unwrap();
+        assert_eq!((a.status, a.body.unwrap()["cpus"].clone()), (200, 3.into()));
+        let a = c.send(&Request::Info, T).unwrap();
+        assert_eq!(a.body.unwrap()["active_vcpus"], 3);
+        let a = c.send(&Request::Resize { desired_vcpus: 9 }, T).unwrap();
+        assert_eq!(
+            (a.status, a.body.unwrap()["kind"].clone()),
+            (400, "above_max".into())
+        );
+        assert_eq!(fake.shutdowns.load(Ordering::SeqCst), 0);
+        let a = c.send(&Request::VmmShutdown, T).unwrap();
+        assert_eq!(a.status, 204);
+        // Carried out once the answer is out.
+        let deadline = Instant::now() + T;
+        while fake.shutdowns.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "shutdown never carried out");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let path = server.path().to_path_buf();
+        drop(server);
+        assert!(!path.exists(), "socket file left behind");
+        assert_eq!(fake.shutdowns.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn idle_and_stuck_connections_are_closed() {
+        let limits = ServerLimits {
+            idle_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let (server, _fake) = start("idle", limits);
+        let mut silent = UnixStream::connect(server.path()).unwrap();
+        let mut partial = UnixStream::connect(server.path()).unwrap();
+        partial
+            .write_all(b"GET /api/v1/vm.info HTTP/1.1\r\nHo")
+            .unwrap();
+        // A body that never completes is answered 408.
+        let mut body = UnixStream::connect(server.path()).unwrap();
+        body.write_all(
+            b"PUT /api/v1/vm.resize HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{\"des",
+        )
+        .unwrap();
+        // A kept-alive client that goes quiet after a request.
+        let mut kept = UnixStream::connect(server.path()).unwrap();
+        kept.write_all(b"GET /api/v1/vm.info HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        assert_eq!(send(server.path(), &Request::Info).status, 200);
+        for (name, s) in [
+            ("silent", &mut silent),
+            ("partial", &mut partial),
+            ("kept", &mut kept),
+        ] {
+            let took = closed_within(s, Duration::from_secs(5))
+                .unwrap_or_else(|| panic!("{name} connection never closed"));
+            assert!(took < Duration::from_secs(3), "{name}: {took:?}");
+        }
+        body.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = Vec::new();
+        let _ = body.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+        assert!(out.contains("\"kind\":\"timeout\""), "{out}");
+    }
+
+    #[test]
+    fn idle_connections_make_room_for_new_ones() {
+        let limits = ServerLimits {
+            max_connections: 2,
+            ..Default::default()
+        };
+        let (server, _fake) = start("evict", limits);
+        let mut a = UnixStream::connect(server.path()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut b = UnixStream::connect(server.path()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // Both slots are taken by idle clients; a third is served at once.
+        let t = Instant::now();
+        assert_eq!(send(server.path(), &Request::Info).status, 200);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // The longest-idle one (a) was closed for it; b is still served.
+        assert!(
+            closed_within(&mut a, Duration::from_secs(2)).is_some(),
+            "a not evicted"
+        );
+        b.write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        b.set_read_timeout(Some(T)).unwrap();
+        let mut buf = [0u8; 12];
+        b.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+    }
+
+    #[test]
+    fn shutdown_gets_through_when_every_slot_is_busy() {
+        let limits = ServerLimits {
+            max_connections: 2,
+            ..Default::default()
+        };
+        let (server, fake) = start("busy", limits);
+        fake.set_hold(true);
+        let path = server.path().to_path_buf();
+        let pausers: Vec<_> = (0..2)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || send(&path, &Request::Pause).status)
+            })
+            .collect();
+        let deadline = Instant::now() + T;
+        while fake.pausing.load(Ordering::SeqCst) < 2 {
+            assert!(Instant::now() < deadline, "pauses never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Every slot has a request in progress: others are refused as busy...
+        let a = send(&path, &Request::Info);
+        assert_eq!(a.status, 503);
+        assert_eq!(a.body.unwrap()["kind"], "busy");
+        // ...but a shutdown is answered and carried out.
+        let a = send(&path, &Request::VmShutdown);
+        assert_eq!(a.status, 204);
+        let deadline = Instant::now() + T;
+        while fake.shutdowns.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "shutdown never carried out");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        fake.set_hold(false);
+        for p in pausers {
+            assert_eq!(p.join().unwrap(), 204);
+        }
+    }
+
+    #[test]
+    fn socket_path_rules() {
+        // A regular file is never clobbered.
+        let path = sock_path("regular");
+        std::fs::write(&path, b"precious").unwrap();
+        let err = ApiServer::start(&path, Fake::new()).unwrap_err();
+        assert!(matches!(err, ServerError::NotASocket(_)), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+        std::fs::remove_file(&path).unwrap();
+
+        // A live socket is in use; a dead one is replaced.
+        let path = sock_path("live");
+        let _ = std::fs::remove_file(&path);
+        let first = ApiServer::start(&path, Fake::new()).unwrap();
+        let err = ApiServer::start(&path, Fake::new()).unwrap_err();
+        assert!(matches!(err, ServerError::InUse(_)), "{err}");
+        drop(first);
+        let stale = UnixListener::bind(&path).unwrap();
+        drop(stale); // leaves the file behind with nobody listening
+        assert!(path.exists());
+        let second = ApiServer::start(&path, Fake::new()).unwrap();
+        assert_eq!(send(&path, &Request::Ping).status, 200);
+        drop(second);
+        assert!(!path.exists());
+
+        let long = std::env::temp_dir().join("x".repeat(200));
+        let err = ApiServer::start(&long, Fake::new()).unwrap_err();
+        assert!(matches!(err, ServerError::PathTooLong { .. }), "{err}");
+    }
+
+    #[test]
+    fn client_reports_errors() {
+        let missing = sock_path("nobody");
+        assert!(matches!(
+            crate::api::client::request(&missing, &Request::Info, T),
+            Err(crate::api::ClientError::Connect { .. })
+        ));
+    }
+}
