@@ -677,3 +677,56 @@ fn api_socket_never_clobbers_a_regular_file() {
     );
     assert_eq!(contents.unwrap(), b"not a socket");
 }
+
+/// Guest RAM above the 32-bit MMIO hole: 5 GiB is 3 GiB below it and 2 GiB from 4 GiB on,
+/// two KVM memory regions; the VM boots, runs and reports its size.
+#[test]
+fn guest_memory_above_4g() {
+    if !kvm_available() {
+        return;
+    }
+    let _slot = guest_slot();
+    let guest = GuestFile::create(&GuestSpec::spinner()).unwrap();
+    let path = socket_path("high-mem");
+    let _ = std::fs::remove_file(&path);
+    let mut vmm = VmmProcess::spawn(&[
+        "--kernel".to_string(),
+        guest.path().display().to_string(),
+        "--memory".into(),
+        "size=5G".into(),
+        "--api-socket".into(),
+        path.display().to_string(),
+        "-v".into(),
+    ]);
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut c = loop {
+        if let Ok(mut c) = Connection::connect(&path) {
+            if c.raw("GET", "/api/v1/vmm.ping", None, IO_TIMEOUT).is_ok() {
+                break c;
+            }
+        }
+        assert!(Instant::now() < deadline, "no API\n{}", vmm.diagnostics());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let info = c
+        .raw("GET", "/api/v1/vm.info", None, IO_TIMEOUT)
+        .unwrap()
+        .body
+        .unwrap();
+    assert_eq!(info["memory_size"], 5u64 << 30);
+    assert_eq!(info["vcpus"][0]["state"], "running", "{info}");
+    let a = c.raw("PUT", "/api/v1/vm.pause", None, IO_TIMEOUT).unwrap();
+    assert_eq!(a.status, 204, "{a:?}");
+    let a = c
+        .raw("PUT", "/api/v1/vmm.shutdown", None, IO_TIMEOUT)
+        .unwrap();
+    assert_eq!(a.status, 204);
+    let status = vmm.wait_exit(EXIT_TIMEOUT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        vmm.diagnostics()
+    );
+    // -v: debug lines appear.
+    assert!(vmm.stderr().contains("DEBUG"), "{}", vmm.stderr());
+}

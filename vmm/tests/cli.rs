@@ -129,8 +129,17 @@ fn memory_too_small() {
 #[test]
 fn memory_too_large() {
     let (_t, k) = some_kernel();
-    let f = run_vmm(&["--kernel", &k, "--memory", "size=64G"], TIMEOUT);
-    assert_clean_failure(&f, &["too large", "3 GiB"]);
+    let f = run_vmm(&["--kernel", &k, "--memory", "size=2048G"], TIMEOUT);
+    assert_clean_failure(&f, &["too large", "at most 1024 GiB"]);
+}
+
+#[test]
+fn memory_above_the_host() {
+    let (_t, k) = some_kernel();
+    // Within the layout's limit, beyond any host this runs on: the lazy mapping would
+    // succeed, so the VMM must refuse it itself.
+    let f = run_vmm(&["--kernel", &k, "--memory", "size=1024G"], TIMEOUT);
+    assert_clean_failure(&f, &["too large", "the host has"]);
 }
 
 #[test]
