@@ -12,7 +12,6 @@
 //! A measurement, not a test: it prints figures and asserts nothing about them.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use common::{cpu_list, vmtest_value, GuestVm};

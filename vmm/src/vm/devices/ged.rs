@@ -8,7 +8,8 @@
 
 use super::Interrupt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How often a held notification checks whether the guest enabled the line.
@@ -22,6 +23,9 @@ pub struct Ged {
     held: Arc<AtomicBool>,
     /// The VM is going away: a waiter gives up.
     closed: Arc<AtomicBool>,
+    /// The waiter's thread, joined when the GED is dropped (it holds the interrupt, and so
+    /// the VM's KVM fds and memory, until it has returned).
+    waiter: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Ged {
@@ -41,6 +45,7 @@ impl Ged {
             notifications: AtomicU64::new(0),
             held: Arc::new(AtomicBool::new(false)),
             closed: Arc::new(AtomicBool::new(false)),
+            waiter: Mutex::new(None),
         }
     }
 
@@ -77,11 +82,18 @@ impl Ged {
                     std::thread::sleep(HOLD_POLL);
                 }
             });
-        if let Err(e) = spawned {
-            // No thread: raise it anyway; the guest may still catch it.
-            log::warn!("cannot start the GED hold thread ({e}); raising the line now");
-            self.held.store(false, Ordering::SeqCst);
-            self.irq.trigger();
+        match spawned {
+            Ok(t) => {
+                // A previous waiter has returned (held was false): drop its handle.
+                let mut w = self.waiter.lock().unwrap_or_else(|p| p.into_inner());
+                *w = Some(t);
+            }
+            Err(e) => {
+                // No thread: raise it anyway; the guest may still catch it.
+                log::warn!("cannot start the GED hold thread ({e}); raising the line now");
+                self.held.store(false, Ordering::SeqCst);
+                self.irq.trigger();
+            }
         }
     }
 
@@ -104,6 +116,15 @@ impl Ged {
 impl Drop for Ged {
     fn drop(&mut self) {
         self.close();
+        let waiter = self
+            .waiter
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = waiter {
+            // It sees `closed` within one HOLD_POLL.
+            let _ = t.join();
+        }
     }
 }
 
