@@ -140,16 +140,18 @@ impl Connection {
             path: sock.clone(),
             reason,
         };
-        let mut builder = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, "localhost");
-        if body.is_some() {
-            builder = builder.header(CONTENT_TYPE, "application/json");
-        }
-        let request = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| http_err(format!("cannot build the request: {e}")))?;
+        let make = || {
+            let mut builder = hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(HOST, "localhost");
+            if body.is_some() {
+                builder = builder.header(CONTENT_TYPE, "application/json");
+            }
+            builder
+                .body(Full::new(Bytes::from(body.clone().unwrap_or_default())))
+                .map_err(|e| http_err(format!("cannot build the request: {e}")))
+        };
         let sender = &mut self.sender;
         let fut = async {
             // Let the connection task notice a hang-up before we send on it.
@@ -157,10 +159,28 @@ impl Connection {
             if sender.ready().await.is_err() {
                 *sender = handshake(&sock).await?;
             }
-            let resp = sender
-                .send_request(request)
-                .await
-                .map_err(|e| http_err(e.to_string()))?;
+            let resp = match sender.try_send_request(make()?).await {
+                Ok(r) => r,
+                // The server closes only connections without a request in progress (idle
+                // ones), so a request that met such a close was never run: send it again
+                // on a new connection, once.
+                Err(e)
+                    if e.message().is_some()
+                        || e.error().is_canceled()
+                        || e.error().is_incomplete_message() =>
+                {
+                    log::debug!(
+                        "API connection closed under a request ({}); reconnecting",
+                        e.error()
+                    );
+                    *sender = handshake(&sock).await?;
+                    sender
+                        .send_request(make()?)
+                        .await
+                        .map_err(|e| http_err(e.to_string()))?
+                }
+                Err(e) => return Err(http_err(e.into_error().to_string())),
+            };
             let status = resp.status().as_u16();
             let bytes = resp
                 .into_body()

@@ -859,6 +859,32 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_connection_survives_the_servers_idle_close() {
+        let limits = ServerLimits {
+            idle_timeout: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let (server, fake) = start("reconnect", limits);
+        let mut c = Connection::connect(server.path()).unwrap();
+        for round in 0..3 {
+            assert_eq!(
+                c.send(&Request::Pause, T).unwrap().status,
+                204,
+                "round {round}"
+            );
+            // The server closes the quiet connection; the client opens a new one and the
+            // request runs exactly once.
+            std::thread::sleep(Duration::from_millis(600));
+            assert_eq!(
+                c.send(&Request::Resume, T).unwrap().status,
+                204,
+                "round {round}"
+            );
+            assert!(!fake.paused.load(Ordering::SeqCst));
+        }
+    }
+
+    #[test]
     fn socket_path_rules() {
         // A regular file is never clobbered.
         let path = sock_path("regular");
