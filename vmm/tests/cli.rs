@@ -268,6 +268,10 @@ fn serial_and_log_files() {
     let _ = std::fs::remove_file(&console);
     let _ = std::fs::remove_file(&log);
 
+    // The guest's bytes carry no newline: only a clean shutdown (which flushes the console)
+    // shows whether any reached stdout, so stop it over the API.
+    let sock = std::env::temp_dir().join(format!("vmm-cli-off-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
     let mut vmm = VmmProcess::spawn(&[
         "--kernel".to_string(),
         guest.path().display().to_string(),
@@ -275,9 +279,17 @@ fn serial_and_log_files() {
         "size=128M".into(),
         "--serial".into(),
         "off".into(),
+        "--api-socket".into(),
+        sock.display().to_string(),
     ]);
+    let mut api = ApiConn::connect(&sock, TIMEOUT).expect("API");
     std::thread::sleep(Duration::from_secs(1));
-    vmm.kill();
+    assert_eq!(
+        api.call("shutdown", serde_json::json!({})).unwrap()["ok"],
+        true
+    );
+    let status = vmm.wait_exit(TIMEOUT);
+    assert!(status.is_some_and(|s| s.success()), "{}", vmm.diagnostics());
     assert!(
         vmm.lines().is_empty(),
         "console with --serial off: {:?}",
