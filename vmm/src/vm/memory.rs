@@ -99,7 +99,10 @@ fn host_ram() -> Option<u64> {
     if unsafe { libc::sysinfo(&mut info) } != 0 {
         return None;
     }
-    u64::from(info.totalram).checked_mul(u64::from(info.mem_unit))
+    // c_ulong is u64 on the hosts we build for; the conversion keeps other widths right.
+    #[allow(clippy::useless_conversion)]
+    let total = u64::from(info.totalram);
+    total.checked_mul(u64::from(info.mem_unit))
 }
 
 /// Allocates `size` bytes of guest RAM laid out by [`ram_ranges`], refusing more than the
