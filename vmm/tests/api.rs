@@ -37,6 +37,7 @@ fn socket_path(name: &str) -> PathBuf {
 struct Api {
     vmm: VmmProcess,
     path: PathBuf,
+    doc: serde_yaml::Value,
     _guest: GuestFile,
 }
 
@@ -67,6 +68,7 @@ impl Api {
         let api = Api {
             vmm,
             path,
+            doc: common::openapi::document(),
             _guest: guest,
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -89,15 +91,20 @@ impl Api {
     }
 
     /// One request on a fresh connection.
+    /// Every answer is checked against the OpenAPI document (its status listed for the
+    /// operation, its body as the schema says).
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
         let mut c = Connection::connect(&self.path).expect("connect to the API socket");
-        c.raw(method, path, body.map(str::to_string), IO_TIMEOUT)
+        let a = c
+            .raw(method, path, body.map(str::to_string), IO_TIMEOUT)
             .unwrap_or_else(|e| {
                 panic!(
                     "no answer to {method} {path}: {e}\n{}",
                     self.vmm.diagnostics()
                 )
-            })
+            });
+        common::openapi::check_any(&self.doc, method, path, a.status, a.body.as_ref());
+        a
     }
 
     /// A PUT that must answer 204 with no body.

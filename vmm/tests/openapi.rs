@@ -5,7 +5,10 @@
 //! the document, with every other method on a documented path answered 405 and any other
 //! path 404. Needs no KVM: the server code is the product's, only the VM is a fake.
 
-use serde_json::{json, Value};
+mod common;
+
+use common::openapi::{check_schema, document, resolve};
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -19,12 +22,6 @@ use vmm::api::{ApiServer, Connection, Control, ServerLimits};
 use vmm::vm::{ResizeOutcome, StatsInfo, VcpuInfo, VmInfo};
 
 const T: Duration = Duration::from_secs(10);
-
-fn document() -> serde_yaml::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api/openapi.yaml");
-    let text = std::fs::read_to_string(&path).expect("read openapi.yaml");
-    serde_yaml::from_str(&text).expect("openapi.yaml is YAML")
-}
 
 /// A VM stand-in whose next answer the test sets; `pause` can be held.
 #[derive(Default)]
@@ -156,55 +153,6 @@ fn provoke(
         ("vm.resize", _, 500) => (Some(ApiError::Vcpu("scripted".into())), body),
         _ => return None,
     })
-}
-
-/// Resolves `$ref`s to components.
-fn resolve<'a>(doc: &'a serde_yaml::Value, v: &'a serde_yaml::Value) -> &'a serde_yaml::Value {
-    match v.get("$ref").and_then(|r| r.as_str()) {
-        Some(r) => {
-            let mut cur = doc;
-            for part in r.trim_start_matches("#/").split('/') {
-                cur = &cur[part];
-            }
-            resolve(doc, cur)
-        }
-        None => v,
-    }
-}
-
-/// Checks `body` against a schema's `required` fields (recursively for objects and arrays
-/// of objects) and `enum`s.
-fn check_schema(doc: &serde_yaml::Value, schema: &serde_yaml::Value, body: &Value, at: &str) {
-    let schema = resolve(doc, schema);
-    if let Some(values) = schema.get("enum").and_then(|e| e.as_sequence()) {
-        let allowed: Vec<&str> = values.iter().filter_map(|v| v.as_str()).collect();
-        let got = body
-            .as_str()
-            .unwrap_or_else(|| panic!("{at}: {body} is not a string"));
-        assert!(allowed.contains(&got), "{at}: {got:?} not in {allowed:?}");
-    }
-    if let Some(req) = schema.get("required").and_then(|r| r.as_sequence()) {
-        for f in req {
-            let f = f.as_str().unwrap();
-            assert!(
-                body.get(f).is_some(),
-                "{at}: required field {f} missing in {body}"
-            );
-        }
-    }
-    if let Some(props) = schema.get("properties").and_then(|p| p.as_mapping()) {
-        for (k, s) in props {
-            let k = k.as_str().unwrap();
-            if let Some(v) = body.get(k) {
-                check_schema(doc, s, v, &format!("{at}.{k}"));
-            }
-        }
-    }
-    if let (Some(items), Some(arr)) = (schema.get("items"), body.as_array()) {
-        for (i, v) in arr.iter().enumerate() {
-            check_schema(doc, items, v, &format!("{at}[{i}]"));
-        }
-    }
 }
 
 fn start(name: &str, limits: ServerLimits) -> (ApiServer, Arc<Scripted>, PathBuf) {
