@@ -29,6 +29,12 @@ real_guest_where=lab
 [ "${VMM_REAL_GUEST_IN:-}" = "" ] || real_guest_where=$VMM_REAL_GUEST_IN   # host|lab, to force
 echo "test.sh: host KVM: $host_kvm; real-guest tests run on: $real_guest_where"
 
+# README's control-API examples (vmm/tests/readme.rs) run curl.
+if ! command -v curl >/dev/null; then
+    echo "test.sh: installing curl"
+    apt-get update -qq && apt-get install -y -qq curl
+fi
+
 bash scripts/guest.sh
 if [ "$real_guest_where" = lab ] || [ "$host_kvm" = none ]; then
     bash scripts/kvm-lab.sh --setup

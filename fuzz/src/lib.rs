@@ -2,7 +2,7 @@
 //! that the libFuzzer binaries (fuzz_targets/, feature `libfuzzer`) and the corpus replay
 //! tests (tests/corpus.rs, plain `cargo test`) run the same code.
 
-mod api;
+pub mod api;
 mod hotplug;
 mod loader;
 

@@ -62,13 +62,9 @@ fn generated_requests(seed: u64, count: usize) -> Vec<Vec<u8>> {
         ":",
         ",",
         " ",
-        "\"command\"",
-        "\"cpus\"",
+        "\"desired_vcpus\"",
+        "\"desired_ram\"",
         "\"pause\"",
-        "\"resume\"",
-        "\"resize\"",
-        "\"info\"",
-        "\"shutdown\"",
         "\"x\"",
         "0",
         "1",
@@ -90,13 +86,25 @@ fn generated_requests(seed: u64, count: usize) -> Vec<Vec<u8>> {
             .iter()
             .map(|b| TOKENS[usize::from(*b) % TOKENS.len()])
             .collect();
-        // Every other input is wrapped as an object with a command, to reach the field checks.
+        // Every other input is wrapped as an object with the field, to reach the type
+        // checks; all go to the endpoints that take a body or none.
         if i % 2 == 0 {
-            s = format!("{{\"command\":{s}}}");
+            s = format!("{{\"desired_vcpus\":{s}}}");
         }
+        let target = if i % 3 == 0 {
+            "PUT /api/v1/vm.pause"
+        } else {
+            "PUT /api/v1/vm.resize"
+        };
+        s = format!("{target}\n{s}");
         out.push(s.into_bytes());
     }
     out
+}
+
+fn accepts(data: &[u8]) -> bool {
+    let (m, p, body) = vmm_fuzz::api::split(data);
+    vmm::api::request::parse_request(&m, &p, body).is_ok()
 }
 
 #[test]
@@ -105,7 +113,7 @@ fn api_request_corpus() {
     for (name, data) in corpus("api_request") {
         eprintln!("replaying {name}");
         vmm_fuzz::api_request(&data);
-        accepted += usize::from(vmm::api::protocol::parse_request(&data).is_ok());
+        accepted += usize::from(accepts(&data));
     }
     assert!(accepted >= 5, "the corpus should hold valid requests too");
     for data in generated(0x5eed_0002, 300, 128) {
@@ -114,15 +122,19 @@ fn api_request_corpus() {
     let mut accepted = 0;
     for data in generated_requests(0x5eed_0003, 2000) {
         vmm_fuzz::api_request(&data);
-        accepted += usize::from(vmm::api::protocol::parse_request(&data).is_ok());
+        accepted += usize::from(accepts(&data));
     }
     eprintln!("{accepted} generated requests were valid");
     // Around the size limit.
-    let limit = vmm::api::protocol::MAX_REQUEST_LEN;
+    let limit = vmm::api::request::MAX_BODY_LEN;
+    let head = b"PUT /api/v1/vm.resize\n".len();
     for len in [limit - 1, limit, limit + 1] {
-        let mut line = br#"{"command":"info"}"#.to_vec();
-        line.resize(len, b' ');
-        vmm_fuzz::api_request(&line);
+        let mut req = b"PUT /api/v1/vm.resize\n{\"desired_vcpus\":2}".to_vec();
+        req.resize(head + len, b' ');
+        vmm_fuzz::api_request(&req);
+        let (m, p, body) = vmm_fuzz::api::split(&req);
+        let r = vmm::api::request::parse_request(&m, &p, body);
+        assert_eq!(r.is_ok(), len <= limit, "{len}: {r:?}");
     }
 }
 

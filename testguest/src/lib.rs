@@ -307,6 +307,7 @@ impl GuestFile {
             max_vcpus: max,
             memory_size: MIN_MEMORY,
             api_socket: None,
+            serial: Default::default(),
             aps_at_entry: false,
             seccomp: Default::default(),
         }

@@ -24,6 +24,8 @@ pub struct VmConfig {
     pub memory_size: u64,
     /// Control socket path (stored for the control API).
     pub api_socket: Option<PathBuf>,
+    /// Where the guest's serial console (COM1) goes.
+    pub serial: SerialConfig,
     /// Start every vCPU (not only the BSP) in 64-bit mode at the kernel's entry instead of
     /// waiting for INIT/SIPI. Only for synthetic guests that run the same code on every
     /// vCPU without using the stack (tests, benchmarks); a real kernel starts its APs
@@ -32,4 +34,16 @@ pub struct VmConfig {
     /// The seccomp jail of the VMM's threads (`--seccomp`; default on, killing). A library
     /// user that never calls `seccomp::configure` gets no filter whatever this says.
     pub seccomp: crate::seccomp::SeccompMode,
+}
+
+/// Where the guest's serial console goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SerialConfig {
+    /// The VMM's stdout (and stdin feeds the guest when it is a terminal).
+    #[default]
+    Tty,
+    /// Nowhere.
+    Off,
+    /// Appended to this file (created if missing).
+    File(PathBuf),
 }

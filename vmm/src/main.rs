@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use vmm::api::{self, ApiServer, ClientError, ServerError, VmControl};
-use vmm::cli::{self, CliError, Command, Remote};
+use vmm::cli::{self, CliError, Command, LogOptions, Remote};
+use vmm::config::SerialConfig;
 use vmm::terminal;
 use vmm::vm::{Outcome, Vm};
 use vmm::{seccomp, signals};
@@ -20,6 +21,15 @@ enum MainError {
     /// Bad command line.
     #[error(transparent)]
     Cli(#[from] CliError),
+    /// `--log-file` could not be opened.
+    #[error("--log-file: cannot open {}: {source}", path.display())]
+    LogFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The VM could not be built or failed while running.
     #[error(transparent)]
     Vm(#[from] vmm::vm::Error),
@@ -45,9 +55,6 @@ enum MainError {
 const REMOTE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp_millis()
-        .init();
     let code = match run() {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(Outcome::PowerOff)) => {
@@ -77,16 +84,50 @@ fn main() -> ExitCode {
     code
 }
 
-/// `None` when only help was printed.
+/// Logging: the VMM's own progress at info by default (one line per start-up phase and per
+/// control action), everything else at warn; `-v` debug, `-vv` trace; `RUST_LOG` wins.
+fn init_logging(opts: &LogOptions) -> Result<(), MainError> {
+    let default = match opts.verbosity {
+        0 => "warn,vmm=info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let mut b =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    b.format_timestamp_millis();
+    if let Some(path) = &opts.file {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| MainError::LogFile {
+                path: path.clone(),
+                source,
+            })?;
+        b.target(env_logger::Target::Pipe(Box::new(f)));
+    }
+    // Only fails if a logger is already set, which nothing else here does.
+    let _ = b.try_init();
+    Ok(())
+}
+
+/// `None` when only help was printed or a remote request succeeded.
 fn run() -> Result<Option<Outcome>, MainError> {
-    let config = match cli::parse(std::env::args_os().skip(1))? {
-        Command::Help => {
-            println!("{}", cli::USAGE);
+    let (config, log) = match cli::parse(std::env::args_os().skip(1))? {
+        Command::Print(text) => {
+            print!("{text}");
             return Ok(None);
         }
-        Command::Run(c) => c,
-        Command::Remote(r) => return remote(&r).map(|()| None),
+        Command::Run(c, log) => (c, log),
+        Command::Remote(r) => {
+            init_logging(&LogOptions {
+                verbosity: 0,
+                file: None,
+            })?;
+            return remote(&r).map(|()| None);
+        }
     };
+    init_logging(&log)?;
     // Before any thread starts: each installs its filter (vmm::seccomp) once set up, and
     // inherits the blocked termination signals (only the signal thread takes them).
     seccomp::configure(config.seccomp);
@@ -106,7 +147,7 @@ fn run() -> Result<Option<Outcome>, MainError> {
     };
     vm.start()?;
     // The terminal is the guest's console; restored when this function returns.
-    let _raw = if terminal::stdin_is_ours() {
+    let _raw = if config.serial == SerialConfig::Tty && terminal::stdin_is_ours() {
         let raw = terminal::RawTerminal::enter();
         if let Err(e) = terminal::forward_stdin(vm.clone(), vm.event_sender(), raw.is_raw()) {
             log::warn!("no console input: cannot start the stdin thread: {e}");
@@ -119,11 +160,13 @@ fn run() -> Result<Option<Outcome>, MainError> {
     Ok(Some(vm.run()?))
 }
 
-/// `vmm remote`: prints the response line; an `ok:false` answer is an error.
+/// `vmm remote`: prints the answer's body (if any); an error answer is an error.
 fn remote(r: &Remote) -> Result<(), MainError> {
-    let answer = api::request(&r.api_socket, &r.request, REMOTE_TIMEOUT)?;
-    println!("{}", answer.line);
-    match answer.error {
+    let answer = api::client::request(&r.api_socket, &r.request, REMOTE_TIMEOUT)?;
+    if !answer.text.is_empty() {
+        println!("{}", answer.text);
+    }
+    match answer.error() {
         None => Ok(()),
         Some(msg) => Err(MainError::Remote(msg)),
     }

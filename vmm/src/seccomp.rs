@@ -123,6 +123,15 @@ const VCPU: &[i64] = &[libc::SYS_ioctl];
 /// kvm_run, spawning the vCPU thread, which then installs its own filter).
 const API: &[i64] = &[
     libc::SYS_ioctl,
+    // tokio's reactor (epoll) and waker (eventfd) under hyper.
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+    libc::SYS_eventfd2,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
     libc::SYS_accept4,
     libc::SYS_recvfrom,
     libc::SYS_recvmsg,

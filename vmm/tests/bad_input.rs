@@ -19,9 +19,8 @@ use common::hard::images::{self, Image};
 use common::hard::*;
 use common::{guest_slot, kvm_available, workspace_root};
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 use vmm_testguest::{GuestFile, GuestSpec};
 
@@ -308,27 +307,58 @@ fn run_cli_case(case: &CliCase, kernel: &str) -> Result<(), String> {
     }
 }
 
-/// Control API requests that must get a typed error and change nothing.
-const API_CASES: &[(&str, &str)] = &[
-    ("not json at all", "malformed_json"),
-    ("", "malformed_json"),
-    ("{oops", "malformed_json"),
-    ("[\"pause\"]", "not_an_object"),
-    ("{\"command\":\"reboot\"}", "unknown_command"),
-    ("{\"command\":\"pause\",\"now\":true}", "unknown_field"),
-    ("{\"command\":\"resize\"}", "missing_field"),
-    ("{\"cpus\":3}", "missing_field"),
-    ("{\"command\":\"resize\",\"cpus\":\"3\"}", "wrong_type"),
-    ("{\"command\":\"resize\",\"cpus\":-3}", "wrong_type"),
-    ("{\"command\":\"resize\",\"cpus\":2.5}", "wrong_type"),
-    ("{\"command\":7}", "wrong_type"),
+/// Control API requests (method, path, body) that must get a typed error and change
+/// nothing.
+const API_CASES: &[(&str, &str, &str, &str)] = &[
     (
-        "{\"command\":\"pause\",\"command\":\"pause\"}",
+        "PUT",
+        "/api/v1/vm.resize",
+        "not json at all",
+        "malformed_json",
+    ),
+    ("PUT", "/api/v1/vm.resize", "{oops", "malformed_json"),
+    ("PUT", "/api/v1/vm.resize", "[3]", "not_an_object"),
+    ("PUT", "/api/v1/vm.reboot", "", "not_found"),
+    ("GET", "/api/v1/vm.pause", "", "method_not_allowed"),
+    ("PUT", "/api/v1/vm.resize", "{}", "missing_field"),
+    (
+        "PUT",
+        "/api/v1/vm.resize",
+        "{\"desired_vcpus\":\"3\"}",
+        "wrong_type",
+    ),
+    (
+        "PUT",
+        "/api/v1/vm.resize",
+        "{\"desired_vcpus\":-3}",
+        "wrong_type",
+    ),
+    (
+        "PUT",
+        "/api/v1/vm.resize",
+        "{\"desired_vcpus\":2.5}",
+        "wrong_type",
+    ),
+    (
+        "PUT",
+        "/api/v1/vm.resize",
+        "{\"desired_vcpus\":2,\"now\":true}",
+        "unknown_field",
+    ),
+    (
+        "PUT",
+        "/api/v1/vm.resize",
+        "{\"desired_vcpus\":2,\"desired_vcpus\":3}",
         "duplicate_field",
     ),
-    ("{\"command\":\"resize\",\"cpus\":0}", "invalid_value"),
-    ("{\"command\":\"resize\",\"cpus\":5}", "above_max"),
-    ("{\"command\":\"resume\"}", "not_paused"),
+    ("PUT", "/api/v1/vm.resize", "{\"desired_vcpus\":0}", "zero"),
+    (
+        "PUT",
+        "/api/v1/vm.resize",
+        "{\"desired_vcpus\":5}",
+        "above_max",
+    ),
+    ("PUT", "/api/v1/vm.resume", "", "not_paused"),
 ];
 
 fn run_api_cases(failures: &mut Vec<String>) {
@@ -338,20 +368,28 @@ fn run_api_cases(failures: &mut Vec<String>) {
         true,
         &["--cpus", "boot=1,max=4"],
     );
-    for (line, kind) in API_CASES {
-        let v = vmm.call(line);
-        if v["ok"] != false || v["error"]["kind"] != *kind {
-            failures.push(format!("api {line:?}: want {kind}, got {v}"));
+    let mut conn = vmm::api::Connection::connect(&vmm.sock).expect("connect");
+    for (method, path, body, kind) in API_CASES {
+        let v = conn
+            .raw(
+                method,
+                path,
+                (!body.is_empty()).then(|| body.to_string()),
+                IO_TIMEOUT,
+            )
+            .map(|a| a.body.unwrap_or_default());
+        match v {
+            Ok(v) if v["kind"] == *kind => {}
+            other => failures.push(format!(
+                "api {method} {path} {body:?}: want {kind}, got {other:?}"
+            )),
         }
     }
-    // An oversized line is refused.
-    let mut big = UnixStream::connect(&vmm.sock).unwrap();
-    big.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let _ = big.write_all(&vec![b' '; 100 * 1024]);
-    let mut resp = String::new();
-    let _ = big.read_to_string(&mut resp);
-    if !resp.contains("too_large") {
-        failures.push(format!("api oversized line: {resp:?}"));
+    // An oversized body is refused.
+    let big = Some(" ".repeat(100 * 1024));
+    match conn.raw("PUT", "/api/v1/vm.resize", big, IO_TIMEOUT) {
+        Ok(a) if a.status == 413 => {}
+        other => failures.push(format!("api oversized body: {other:?}")),
     }
     let v = vmm.call(r#"{"command":"info"}"#);
     if v["ok"] != true || v["paused"] != false || v["active_vcpus"] != 1 {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vcpu_sync::Life;
-use vmm::api::protocol::ApiError;
+use vmm::api::ApiError;
 use vmm::api::{Control, VmControl};
 use vmm::vm::bus::VmEvent;
 use vmm::vm::{Outcome, Vm};

@@ -50,6 +50,15 @@ pub enum Error {
     /// The serial output thread could not be started.
     #[error("cannot set up serial output: {0}")]
     Console(#[source] std::io::Error),
+    /// `--serial file=PATH` could not be opened.
+    #[error("--serial: cannot open {}: {source}", path.display())]
+    SerialFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// `run` was called twice.
     #[error("the VM's main loop is already running")]
     AlreadyRunning,

@@ -26,8 +26,13 @@ pub const HIMEM_START: u64 = BIOS_END;
 
 /// Smallest guest RAM we accept: a Debian kernel plus initramfs need room to unpack.
 pub const MIN_MEMORY: u64 = 128 << 20;
-/// Largest guest RAM: everything stays below the 32-bit MMIO hole (3 GiB).
-pub const MAX_MEMORY: u64 = 0xc000_0000;
+/// Start of the 32-bit MMIO hole (IOAPIC, LAPIC, the hotplug controller, KVM's pages):
+/// RAM below 4 GiB ends here at most.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// Where RAM beyond [`MMIO_HOLE_START`] bytes continues: above 4 GiB.
+pub const HIGH_RAM_START: u64 = 1 << 32;
+/// Largest guest RAM accepted (the host's RAM may allow less; guest memory checks that).
+pub const MAX_MEMORY: u64 = 1 << 40;
 
 /// The CPU-hotplug controller's 12-byte MMIO window, in the 32-bit hole and away from
 /// the IOAPIC (0xfec00000) and LAPIC (0xfee00000).
@@ -99,7 +104,11 @@ mod tests {
         }
         // RAM and the hotplug window end below KVM's identity-map and TSS pages.
         let kvm_pages = backend::KVM_IDENTITY_MAP_ADDRESS;
-        assert!(kvm_pages >= MAX_MEMORY, "RAM reaches KVM's pages");
+        assert!(kvm_pages >= MMIO_HOLE_START, "low RAM reaches KVM's pages");
+        assert!(
+            HIGH_RAM_START > backend::KVM_TSS_ADDRESS as u64 + 3 * 0x1000,
+            "high RAM starts below KVM's pages"
+        );
         assert!(
             kvm_pages >= HOTPLUG_MMIO_BASE + 12,
             "hotplug window reaches KVM's pages"

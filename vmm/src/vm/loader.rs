@@ -3,13 +3,13 @@
 //! because its contents (e820, RSDP, initrd) follow from this VMM's layout.
 
 use crate::vm::layout::{CMDLINE, CMDLINE_MAX, HIMEM_START, ZERO_PAGE};
-use crate::vm::memory::{e820_map, E820Entry};
+use crate::vm::memory::{e820_map, low_ram_end, ram_size, E820Entry};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::{self, BzImage, Cmdline, Elf, KernelLoader};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Linux/x86 boot protocol constants (Documentation/arch/x86/boot.rst).
 const BOOT_FLAG: u16 = 0xaa55;
@@ -271,7 +271,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
     let kernel = load_kernel_unchecked(mem, path)?;
     // linux-loader writes only file-backed bytes; an ELF whose segment sizes or entry point
     // lie outside RAM would otherwise "load" and send the initramfs or the vCPU astray.
-    let ram_end = mem.last_addr().raw_value().saturating_add(1);
+    let ram_end = low_ram_end(mem);
     if kernel.end > ram_end || kernel.entry.raw_value() >= ram_end {
         return Err(LoaderError::OutsideRam {
             path: path.to_path_buf(),
@@ -285,7 +285,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
 
 fn load_kernel_unchecked(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, LoaderError> {
     let format = probe_kernel(path)?;
-    crate::vm::image_check::check_kernel(path, format, mem.last_addr().raw_value() + 1)?;
+    crate::vm::image_check::check_kernel(path, format, crate::vm::memory::ram_size(mem))?;
     let mut file = open(path, LoaderError::KernelNotFound)?;
     let himem = GuestAddress(HIMEM_START);
     let load_err = |source| LoaderError::Load {
@@ -300,7 +300,7 @@ fn load_kernel_unchecked(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKer
             };
             let mut image = Vec::new();
             file.read_to_end(&mut image).map_err(io)?;
-            let limit = (mem.last_addr().raw_value() + 1) as usize;
+            let limit = low_ram_end(mem) as usize;
             let started = std::time::Instant::now();
             let unpacked = unpack_bzimage(&image, limit).map_err(|reason| LoaderError::Unpack {
                 path: path.to_path_buf(),
@@ -382,7 +382,7 @@ pub fn load_initramfs(
         .map(|h| u64::from(h.initrd_addr_max))
         .filter(|&m| m != 0)
         .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
-    let top = (mem.last_addr().raw_value() + 1).min(addr_max + 1);
+    let top = low_ram_end(mem).min(addr_max + 1);
     let too_large = || LoaderError::InitramfsTooLarge {
         path: path.to_path_buf(),
         size,
@@ -451,7 +451,7 @@ pub fn write_boot_params(
         initramfs,
         cmdline_len,
         rsdp,
-        &e820_map(mem.last_addr().raw_value() + 1),
+        &e820_map(ram_size(mem)),
     );
     mem.write_obj(params, GuestAddress(ZERO_PAGE))
         .map_err(|source| LoaderError::GuestMemory {

@@ -16,7 +16,7 @@ pub mod ratelimit;
 
 pub use error::Error;
 
-use crate::config::VmConfig;
+use crate::config::{SerialConfig, VmConfig};
 use bus::{DeviceBus, SerialOut, VmEvent};
 use console::Console;
 use devices::ged::Ged;
@@ -295,9 +295,23 @@ pub fn check_config(config: &VmConfig) -> Result<(), Error> {
 
 impl Vm {
     /// Builds the VM (memory, kernel, ACPI, devices, vCPU slots) without starting vCPUs.
-    /// Serial output goes to stdout.
+    /// Serial output goes where `config.serial` says.
     pub fn new(config: &VmConfig) -> Result<Vm, Error> {
-        Self::with_serial(config, console::stdout_sink())
+        let out: SerialOut = match &config.serial {
+            SerialConfig::Tty => console::stdout_sink(),
+            SerialConfig::Off => Box::new(std::io::sink()),
+            SerialConfig::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| Error::SerialFile {
+                        path: path.clone(),
+                        source,
+                    })?,
+            ),
+        };
+        Self::with_serial(config, out)
     }
 
     /// [`Vm::new`] with serial output going to `serial_out` (through a bounded buffer and
@@ -328,7 +342,7 @@ impl Vm {
         let rsdp = acpi::write_tables(&memory, config.max_vcpus, config.boot_vcpus)?;
         let zero_page = loader::write_boot_params(&memory, &kernel, initramfs, cmdline_len, rsdp)?;
         log::info!(
-            "kernel {:?} entry {:#x}, initramfs {:?}, RSDP {:#x}, cmdline {:?}",
+            "kernel loaded: {:?}, entry {:#x}, initramfs {:?}, RSDP {:#x}, cmdline {:?}",
             kernel.format,
             kernel.entry.0,
             initramfs,
@@ -390,6 +404,11 @@ impl Vm {
         for i in 0..self.boot_vcpus {
             self.vcpus.start(i)?;
         }
+        log::info!(
+            "vCPUs started: {} of at most {}",
+            self.boot_vcpus,
+            self.max_vcpus
+        );
         Ok(())
     }
 

@@ -4,8 +4,7 @@
 
 use super::vmm_bin;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -98,16 +97,13 @@ impl Vmm {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// One request, written as `{"command": NAME, ...fields}`, over the HTTP API (see
+    /// [`super::ApiConn::call`]); None when the VMM does not answer.
     pub fn try_call(&self, line: &str) -> Option<Value> {
-        let mut s = UnixStream::connect(&self.sock).ok()?;
-        s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
-        s.write_all(line.as_bytes()).ok()?;
-        s.write_all(b"\n").ok()?;
-        let mut resp = String::new();
-        match BufReader::new(&s).read_line(&mut resp) {
-            Ok(n) if n > 0 => serde_json::from_str(&resp).ok(),
-            _ => None,
-        }
+        let mut req: Value = serde_json::from_str(line).ok()?;
+        let command = req.get("command")?.as_str()?.to_string();
+        req.as_object_mut()?.remove("command");
+        super::ApiConn::connect(&self.sock, IO_TIMEOUT)?.call(&command, req)
     }
 
     pub fn call(&self, line: &str) -> Value {

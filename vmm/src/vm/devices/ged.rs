@@ -8,7 +8,8 @@
 
 use super::Interrupt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How often a held notification checks whether the guest enabled the line.
@@ -22,8 +23,9 @@ pub struct Ged {
     held: Arc<AtomicBool>,
     /// The VM is going away: a waiter gives up.
     closed: Arc<AtomicBool>,
-    /// The waiter thread, joined by `close` (it only sleeps and polls, so that is quick).
-    waiter: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The waiter's thread, joined when the GED is dropped (it holds the interrupt, and so
+    /// the VM's KVM fds and memory, until it has returned).
+    waiter: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Ged {
@@ -43,7 +45,7 @@ impl Ged {
             notifications: AtomicU64::new(0),
             held: Arc::new(AtomicBool::new(false)),
             closed: Arc::new(AtomicBool::new(false)),
-            waiter: std::sync::Mutex::new(None),
+            waiter: Mutex::new(None),
         }
     }
 
@@ -81,7 +83,11 @@ impl Ged {
                 }
             });
         match spawned {
-            Ok(h) => *self.waiter.lock().unwrap_or_else(|p| p.into_inner()) = Some(h),
+            Ok(t) => {
+                // A previous waiter has returned (held was false): drop its handle.
+                let mut w = self.waiter.lock().unwrap_or_else(|p| p.into_inner());
+                *w = Some(t);
+            }
             Err(e) => {
                 // No thread: raise it anyway; the guest may still catch it.
                 log::warn!("cannot start the GED hold thread ({e}); raising the line now");
@@ -113,6 +119,7 @@ impl Ged {
 
 impl Drop for Ged {
     fn drop(&mut self) {
+        // Joins the waiter, which sees `closed` within one HOLD_POLL.
         self.close();
     }
 }
