@@ -207,8 +207,9 @@ pub enum ApiError {
     /// `vm.resume` while not paused.
     #[error("the VM is not paused")]
     NotPaused,
-    /// A pause whose deadline passed; names every vCPU that did not acknowledge.
-    #[error("{0}")]
+    /// A pause whose deadline passed; names every vCPU that did not acknowledge. The
+    /// pause was withdrawn (`Vm::pause`'s contract): the VM is running.
+    #[error("{0}; the pause was withdrawn: the vCPUs that had acknowledged run again and the VM is running")]
     PauseTimeout(PauseTimeout),
     /// A vCPU failed (the message names it); the VM is going down.
     #[error("the VM failed: {0}")]
