@@ -38,7 +38,7 @@ n=0
 while IFS= read -r -d '' block; do
     n=$((n + 1))
     log=$(mktemp)
-    if ! bash -c "$block" >"$log" 2>&1; then
+    if ! bash -c "$block" </dev/null >"$log" 2>&1; then
         tail -n 30 "$log" >&2
         fail "README lab example $n failed: $block"
     fi
