@@ -56,13 +56,26 @@ if [ "$real_guest_where" = lab ]; then
     bash scripts/test-lab.sh
 fi
 
-real_guest_tests=(--test boot --test guest_storm --test guest_hotplug --test guest_races)
+real_guest_tests=(boot guest_storm guest_hotplug guest_races)
 run_real() { if [ "$real_guest_where" = lab ]; then in_lab "$@"; else "$@"; fi; }
-echo "== real-guest tests on the Debian guest ($real_guest_where)"
-run_real cargo test --release -p vmm "${real_guest_tests[@]}" -- --ignored --test-threads=1 --nocapture
+# In the lab, an L2 guest now and then triple-faults or hangs early in boot, in ways no
+# hardware host showed and that could not be tied to our code (the TCG-emulated SVM under
+# host load is the suspect; see README, "Known lab faults"). There a failing suite is run
+# once more, and both outcomes are printed; on a hardware host, never.
+real() {
+    if run_real "$@"; then return 0; fi
+    [ "$real_guest_where" = lab ] || return 1
+    echo "test.sh: RETRY: '$*' failed in the lab; running it once more (known lab faults, README)"
+    run_real "$@"
+}
+if [ "$real_guest_where" = lab ]; then export VMM_TEST_BOOT_TIMEOUT_SECS=${VMM_TEST_BOOT_TIMEOUT_SECS:-240}; fi
+for t in "${real_guest_tests[@]}"; do
+    echo "== real-guest tests: $t ($real_guest_where)"
+    real cargo test --release -p vmm --test "$t" -- --ignored --test-threads=1 --nocapture
+done
 echo "== negative control: the same storm against the old wide-lock design must time out ($real_guest_where)"
 # A separate target dir: the feature build must never replace target/release/vmm.
-run_real cargo test --release -p vmm --features legacy-wide-lock --target-dir target/legacy \
+real cargo test --release -p vmm --features legacy-wide-lock --target-dir target/legacy \
     --test guest_storm -- --ignored --test-threads=1 --nocapture
 
 echo "== loom models (release, bounded; see model-tests/README.md for deeper runs)"
