@@ -112,3 +112,34 @@ fn boot_four_of_four() {
 fn boot_one_of_eight() {
     boot_and_check(1, 8, "0");
 }
+
+/// RAM above 4 GiB: past the 32-bit MMIO hole the rest is mapped from 4 GiB on, and Linux
+/// must see (nearly) all of it.
+#[test]
+#[ignore = "real guest: scripts/test.sh runs it with --ignored (hardware KVM, else the nested-KVM lab)"]
+fn guest_with_five_gib_sees_its_memory() {
+    let guest = guest();
+    let _slot = guest_slot();
+    let mut vm = VmmProcess::boot(&guest, &["--cpus", "boot=1", "--memory", "size=5G"]);
+    let timeout = boot_timeout();
+    let line = vm
+        .wait_for_prefix(timeout, "VMTEST meminfo-total-kb=")
+        .unwrap_or_else(|| panic!("no meminfo line\n{}", vm.diagnostics()));
+    let kb: u64 = vmtest_value(&line, "meminfo-total-kb")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("bad meminfo line {line:?}"));
+    // MemTotal is RAM less what the kernel reserves for itself (well under 5%).
+    assert!(
+        kb > 4_800_000 && kb <= 5 * 1024 * 1024,
+        "guest MemTotal {kb} kB for 5 GiB of RAM\n{}",
+        vm.diagnostics()
+    );
+    assert!(
+        vm.wait_for_prefix(timeout, "VMTEST-POWEROFF").is_some(),
+        "{}",
+        vm.diagnostics()
+    );
+    let status = vm.wait_exit(timeout);
+    assert!(status.is_some_and(|s| s.success()), "{}", vm.diagnostics());
+    eprintln!("5 GiB guest: MemTotal {kb} kB");
+}
