@@ -102,6 +102,16 @@ fn cli_cases() -> Vec<CliCase> {
             Expect::Error(&["--kernel"]),
         ),
         c(
+            "initramfs is a directory",
+            &["--kernel", "{K}", "--initramfs", "/tmp"],
+            Expect::Error(&["/tmp", "not a regular file"]),
+        ),
+        c(
+            "initramfs is a device",
+            &["--kernel", "{K}", "--initramfs", "/dev/zero"],
+            Expect::Error(&["/dev/zero", "not a regular file"]),
+        ),
+        c(
             "missing kernel file",
             &["--kernel", "/nonexistent/bzImage"],
             Expect::Error(&["/nonexistent/bzImage", "not found"]),

@@ -65,6 +65,9 @@ pub enum LoaderError {
     /// The initramfs file does not exist.
     #[error("initramfs file {} not found", .0.display())]
     InitramfsNotFound(PathBuf),
+    /// The initramfs path exists but is no regular file (a directory, a device).
+    #[error("initramfs {} is not a regular file", .0.display())]
+    InitramfsNotAFile(PathBuf),
     /// A file exists but cannot be read.
     #[error("cannot read {}: {source}", path.display())]
     Io {

@@ -286,8 +286,11 @@ pub fn check_config(config: &VmConfig) -> Result<(), Error> {
     crate::vm::image_check::check_kernel(&config.kernel, format, config.memory_size)
         .map_err(loader::LoaderError::from)?;
     if let Some(path) = &config.initramfs {
-        if !path.is_file() {
+        if !path.exists() {
             return Err(loader::LoaderError::InitramfsNotFound(path.clone()).into());
+        }
+        if !path.is_file() {
+            return Err(loader::LoaderError::InitramfsNotAFile(path.clone()).into());
         }
     }
     Ok(())
