@@ -61,6 +61,14 @@ impl<B: Backend> HotplugController<B> {
         self.vcpus.get().and_then(WeakVcpus::upgrade)
     }
 
+    /// Whether slot `index` is being given back: its removal was requested or the guest
+    /// has ejected it (its thread is stopping).
+    pub fn removal_in_progress(&self, index: usize) -> bool {
+        self.vcpus()
+            .and_then(|v| v.try_report(index).ok())
+            .is_some_and(|r| r.remove_requested || r.life == vcpu_sync::Life::Stopping)
+    }
+
     /// The window's offset for `addr`, if the access `[addr, addr+len)` starts inside it.
     pub fn offset(&self, addr: u64) -> Option<u64> {
         addr.checked_sub(self.base)
