@@ -58,8 +58,8 @@ fi
 
 real_guest_tests=(boot guest_storm guest_hotplug)
 # guest_races (a storm during up/down resize rounds, and the proptest on the real guest) is
-# left out of CI for now, loudly: its last lab run found the guest reporting online=0,3
-# after 4 -> 1 -> 3 -> 2 under the storm, which is not understood yet (issue #10). Run it by
+# left out of CI for now, loudly: in its last lab run the guest stopped reporting CPU
+# changes in the second resize round under the storm (not understood yet, issue #10). Run it by
 # hand: CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/kvm-lab.sh --" \
 #   cargo test --release -p vmm --test guest_races -- --ignored --test-threads=1 --nocapture
 echo "test.sh: NOTE: the real-guest suite guest_races is not run here (a failure under investigation, issue #10; README)"
