@@ -53,19 +53,8 @@ fn cpu_range(n: usize) -> String {
     }
 }
 
-/// The VMM's vCPU threads (named `vcpuN`); other threads (the API's blocking pool, which
-/// keeps idle threads for a while) come and go on their own.
 fn thread_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|t| {
-                    std::fs::read_to_string(t.path().join("comm"))
-                        .is_ok_and(|c| c.starts_with("vcpu"))
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    vcpu_threads(pid)
 }
 
 #[test]

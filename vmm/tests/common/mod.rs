@@ -621,3 +621,18 @@ impl GuestVm {
         assert!(!self.socket.exists(), "the API socket was left behind");
     }
 }
+
+/// The vCPU threads (named `vcpuN`) of process `pid`; other threads (the API's blocking
+/// pool keeps idle threads for a while) come and go on their own.
+pub fn vcpu_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("vcpu"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
