@@ -18,8 +18,9 @@
 #
 # The guest's /init understands these kernel command-line parameters:
 #   vmtest.mode=poweroff  (default) print the markers, then `poweroff -f`
-#   vmtest.mode=watch     print the markers, then online newly hot-added CPUs and
-#                         print a line whenever cpu/online or cpu/present changes
+#   vmtest.mode=watch     print the markers, then online each hot-added CPU (on its
+#                         kernel "add" uevent) and print a line whenever cpu/online or
+#                         cpu/present changes
 #   vmtest.mode=shell     print the markers, then an interactive busybox shell
 #   vmtest.hold=SECS      poweroff mode: wait SECS seconds (of guest time) before powering off
 #   vmtest.tick=SECS      watch mode: also print the uptime line every SECS seconds
@@ -254,8 +255,29 @@ do_poweroff() {
 }
 
 watch_cpus() {
+    # Hot-added CPUs are onlined on the kernel's "add" uevent for them, as udev's rule does
+    # (SUBSYSTEM=="cpu", ACTION=="add" -> online=1): each new instance exactly once, and
+    # never one the kernel itself offlined on its way to being ejected. (Polling sysfs
+    # cannot tell a CPU removed and re-added between two polls from one that stayed.)
+    uevent /bin/vmtest-cpu-event &
+    listener=$!
+    # Wait until the listener's netlink socket (protocol 15, kobject uevents; the kernel's
+    # own has port 0) is bound: every CPU added from then on gets its event to it.
+    tries=0
+    until awk '$2 == 15 && $3 != 0 { f = 1 } END { exit !f }' /proc/net/netlink 2>/dev/null; do
+        tries=$((tries + 1))
+        if [ "$tries" -ge 200 ] || ! kill -0 "$listener" 2>/dev/null; then
+            echo "VMTEST-ERROR the uevent listener did not start"
+            do_poweroff
+        fi
+        sleep 0.05
+    done
+    # CPUs added before that (a resize during boot) had their event already: online them.
+    for d in $C/cpu[0-9]*; do
+        n=${d##*/}
+        [ "$n" = cpu0 ] || /bin/vmtest-cpu-event "$n"
+    done
     echo "VMTEST-WATCH"
-    seen=" "
     last=""
     next_tick=0
     while :; do
@@ -266,26 +288,6 @@ watch_cpus() {
                 next_tick=$(( ${up%.*} + tick ))
             fi
         fi
-        cur=" "
-        for d in $C/cpu[0-9]*; do
-            n=${d##*/}
-            # cpu0 is never touched; CPUs without an online file yet are retried next round.
-            [ "$n" = cpu0 ] && continue
-            [ -f "$d/online" ] || continue
-            cur="$cur$n "
-            # Only the first time a directory is seen: a CPU the kernel offlines (or is
-            # ejecting) must not be brought back. A CPU that disappears and reappears
-            # counts as new again.
-            case "$seen" in *" $n "*) continue ;; esac
-            if [ "$(cat "$d/online" 2>/dev/null)" = 0 ]; then
-                if echo 1 2>/dev/null >"$d/online"; then
-                    echo "VMTEST onlined=$n"
-                else
-                    echo "VMTEST online-failed=$n"
-                fi
-            fi
-        done
-        seen=$cur
         on=$(cat $C/online 2>/dev/null)
         pr=$(cat $C/present 2>/dev/null)
         if [ "$on $pr" != "$last" ]; then
@@ -311,6 +313,27 @@ case "$mode" in
 esac
 INIT
 chmod 755 "$root/init"
+
+# Watch mode's CPU onliner: busybox `uevent` runs it for every kernel event (with the
+# event in its environment); /init also runs it as `vmtest-cpu-event cpuN` once at start.
+cat >"$root/bin/vmtest-cpu-event" <<'EVENT'
+#!/bin/busybox sh
+if [ $# -gt 0 ]; then
+    n=$1
+else
+    [ "$ACTION" = add ] && [ "$SUBSYSTEM" = cpu ] || exit 0
+    n=${DEVPATH##*/}
+fi
+case "$n" in cpu[0-9]*) ;; *) exit 0 ;; esac
+f=/sys/devices/system/cpu/$n/online
+[ -f "$f" ] && [ "$(cat "$f" 2>/dev/null)" = 0 ] || exit 0
+if echo 1 2>/dev/null >"$f"; then
+    echo "VMTEST onlined=$n"
+else
+    echo "VMTEST online-failed=$n"
+fi
+EVENT
+chmod 755 "$root/bin/vmtest-cpu-event"
 
 # /dev/console must exist in the archive: the kernel opens it for init's stdio before
 # init runs (devtmpfs is only mounted by init itself).

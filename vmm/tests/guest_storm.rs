@@ -166,7 +166,8 @@ fn storm_boot_and_resizes(name: &str) -> Storm {
                 }
                 assert!(
                     !vm.lines().is_empty() && Instant::now() < until || failed(),
-                    "the guest never reported {want}\n{}",
+                    "the guest never reported {want}\ninfo: {}\n{}",
+                    info(&path).map(|i| i.to_string()).unwrap_or_default(),
                     vm.diagnostics()
                 );
                 if failed() {

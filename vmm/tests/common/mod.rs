@@ -276,10 +276,10 @@ impl VmmProcess {
     /// A report for assertion messages: the tail of stdout and all of stderr.
     pub fn diagnostics(&self) -> String {
         let lines = self.lines();
-        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
         format!(
-            "--- last serial lines ---\n{tail}\n--- stderr ---\n{}",
-            self.stderr()
+            "--- last serial lines ---\n{tail}\n--- stderr (per-pause lines of a storm left out) ---\n{}",
+            quiet_stderr(&self.stderr())
         )
     }
 }
@@ -290,6 +290,21 @@ impl Drop for VmmProcess {
             self.kill();
         }
     }
+}
+
+/// `stderr` without the lines a pause/resume storm prints per request (thousands), with a
+/// count in their place, and at most the last 300 other lines: what a failure report needs.
+pub fn quiet_stderr(stderr: &str) -> String {
+    let storm = |l: &str| {
+        l.contains("vmm::api] pause took") || l.contains("vmm::api] resumed")
+    };
+    let dropped = stderr.lines().filter(|l| storm(l)).count();
+    let rest: Vec<&str> = stderr.lines().filter(|l| !storm(l)).collect();
+    let skip = rest.len().saturating_sub(300);
+    format!(
+        "({dropped} pause/resume lines and {skip} earlier lines left out)\n{}",
+        rest[skip..].join("\n")
+    )
 }
 
 /// The result of a `vmm` run to completion.
@@ -578,10 +593,13 @@ impl GuestVm {
                 self.cursor = i + 1;
                 Ok(())
             }
-            None => Err(format!(
-                "the guest never reported online={online} present={present} within {timeout:?}\n{}",
-                self.vm.diagnostics()
-            )),
+            None => {
+                let info = self.call("info", serde_json::json!({}));
+                Err(format!(
+                    "the guest never reported online={online} present={present} within {timeout:?}\ninfo: {info}\n{}",
+                    self.vm.diagnostics()
+                ))
+            }
         }
     }
 
