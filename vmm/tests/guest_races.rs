@@ -199,7 +199,7 @@ fn settle(g: &mut GuestVm, m: &mut Model) -> Result<(), TestCaseError> {
         m.paused = false;
     }
     let want = cpu_range(m.target);
-    g.try_expect_cpus(&want, &want, SETTLE)
+    g.try_settled_cpus(&want, &want, SETTLE)
         .map_err(TestCaseError::fail)?;
     let deadline = Instant::now() + SETTLE;
     loop {
@@ -305,14 +305,25 @@ fn random_sequences_match_the_guest_visible_contract() {
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
         source_file: Some(file!()),
         // Each case boots a guest: shrink for at most ten minutes.
-        max_shrink_iters: 64,
+        max_shrink_iters: std::env::var("GUEST_PROPTEST_SHRINK_ITERS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(64),
         max_shrink_time: 600_000,
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
     let strategy = (1..=MAX, proptest::collection::vec(op(), 3..10));
     let started = Instant::now();
-    let result = runner.run(&strategy, |(boot, ops)| run_case(boot, &ops));
+    let result = runner.run(&strategy, |(boot, ops)| {
+        // Each failure as it happens: shrinking boots a guest per step and may be cut short.
+        run_case(boot, &ops).inspect_err(|e| {
+            eprintln!(
+                "guest proptest: boot={boot} {ops:?} failed after {:?}: {e}",
+                started.elapsed()
+            )
+        })
+    });
     println!("guest proptest: {cases} case(s) in {:?}", started.elapsed());
     if let Err(e) = result {
         panic!("{e}");

@@ -92,6 +92,8 @@ pub fn guest_slot() -> MutexGuard<'static, ()> {
 #[derive(Default)]
 struct Output {
     lines: Vec<String>,
+    /// When each line arrived, since spawn (a failure report shows them).
+    arrived: Vec<Duration>,
     stdout_closed: bool,
 }
 
@@ -120,6 +122,7 @@ impl VmmProcess {
         let stdout_pipe = child.stdout.take().expect("stdout pipe");
         let mut stderr_pipe = child.stderr.take().expect("stderr pipe");
         let out2 = out.clone();
+        let started = Instant::now();
         let r1 = std::thread::spawn(move || {
             // Serial output may contain stray non-UTF-8 bytes: read bytes, convert lossily.
             let mut reader = BufReader::new(stdout_pipe);
@@ -133,7 +136,10 @@ impl VmmProcess {
                             .trim_end_matches(['\r', '\n'])
                             .to_string();
                         let (m, cv) = &*out2;
-                        m.lock().unwrap().lines.push(line);
+                        let mut o = m.lock().unwrap();
+                        o.lines.push(line);
+                        o.arrived.push(started.elapsed());
+                        drop(o);
                         cv.notify_all();
                     }
                 }
@@ -159,7 +165,7 @@ impl VmmProcess {
             out,
             stderr,
             readers: vec![r1, r2],
-            started: Instant::now(),
+            started,
             status: None,
         }
     }
@@ -275,10 +281,17 @@ impl VmmProcess {
 
     /// A report for assertion messages: the tail of stdout and all of stderr.
     pub fn diagnostics(&self) -> String {
-        let lines = self.lines();
-        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+        let tail = {
+            let o = self.out.0.lock().unwrap();
+            let from = o.lines.len().saturating_sub(60);
+            (from..o.lines.len())
+                .map(|i| format!("{:>8.3}s {}", o.arrived[i].as_secs_f64(), o.lines[i]))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
         format!(
-            "--- last serial lines ---\n{tail}\n--- stderr (per-pause lines of a storm left out) ---\n{}",
+            "--- last serial lines (arrival since spawn, guest text) ---\n{tail}\n--- {:.3}s now\n--- stderr (per-pause lines of a storm left out) ---\n{}",
+            self.started.elapsed().as_secs_f64(),
             quiet_stderr(&self.stderr())
         )
     }
@@ -295,9 +308,7 @@ impl Drop for VmmProcess {
 /// `stderr` without the lines a pause/resume storm prints per request (thousands), with a
 /// count in their place, and at most the last 300 other lines: what a failure report needs.
 pub fn quiet_stderr(stderr: &str) -> String {
-    let storm = |l: &str| {
-        l.contains("vmm::api] pause took") || l.contains("vmm::api] resumed")
-    };
+    let storm = |l: &str| l.contains("vmm::api] pause took") || l.contains("vmm::api] resumed");
     let dropped = stderr.lines().filter(|l| storm(l)).count();
     let rest: Vec<&str> = stderr.lines().filter(|l| !storm(l)).collect();
     let skip = rest.len().saturating_sub(300);
@@ -559,6 +570,55 @@ impl GuestVm {
     /// `info`.
     pub fn info(&mut self) -> serde_json::Value {
         self.ok("info")
+    }
+
+    /// Waits until the guest's latest CPU report (any line, consumed or not) says exactly
+    /// `online` and `present`: the guest reports only changes, so after a resize that
+    /// changed nothing (or was undone before the guest acted) there is no new line to wait
+    /// for. Consumes up to that report.
+    pub fn try_settled_cpus(
+        &mut self,
+        online: &str,
+        present: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.vm.lines();
+            let crashes = guest_crash_lines(&lines);
+            if !crashes.is_empty() {
+                return Err(format!(
+                    "the guest crashed: {crashes:#?}\n{}",
+                    self.vm.diagnostics()
+                ));
+            }
+            let latest = lines.iter().enumerate().rev().find(|(_, l)| {
+                vmtest_value(l, "present").is_some() && vmtest_value(l, "online").is_some()
+            });
+            if let Some((i, l)) = latest {
+                if vmtest_value(l, "online").as_deref() == Some(online)
+                    && vmtest_value(l, "present").as_deref() == Some(present)
+                {
+                    self.cursor = self.cursor.max(i + 1);
+                    return Ok(());
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let info = self.call("info", serde_json::json!({}));
+                return Err(format!(
+                    "the guest's latest report never became online={online} present={present} within {timeout:?} (latest: {:?})\ninfo: {info}\n{}",
+                    latest.map(|(_, l)| l.clone()),
+                    self.vm.diagnostics()
+                ));
+            }
+            // Wake on the next line (or after a while, to re-check).
+            let _ = self.vm.wait_for_line_from(
+                lines.len(),
+                (deadline - now).min(Duration::from_secs(1)),
+                |_| true,
+            );
+        }
     }
 
     /// Waits for the guest to report exactly `online` and `present` (a watch-mode line after
