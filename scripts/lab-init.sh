@@ -32,7 +32,6 @@ done </modules/order
 
 opts=trans=virtio,version=9p2000.L,msize=1048576
 $bb mount -t 9p -o "$opts,ro,cache=loose" hostroot /host || fail "cannot mount the host's root (virtio-9p)"
-$bb mount -t 9p -o "$opts,cache=mmap" repo "/host$repo" || fail "cannot mount the repository at $repo"
 $bb mount -t proc proc /host/proc
 $bb mount -t sysfs sysfs /host/sys
 $bb mount -t devtmpfs devtmpfs /host/dev
@@ -42,6 +41,9 @@ $bb mount -t tmpfs tmpfs /host/dev/shm
 for d in /tmp /run /var/tmp; do
     $bb mount -t tmpfs -o mode=1777 tmpfs "/host$d" || fail "cannot mount a tmpfs on $d"
 done
+# The repository last, so that one under /tmp (a clone there) is not hidden by the tmpfs.
+$bb mkdir -p "/host$repo" 2>/dev/null
+$bb mount -t 9p -o "$opts,cache=mmap" repo "/host$repo" || fail "cannot mount the repository at $repo"
 [ -f "/host$run/env.sh" ] || fail "no command at $run/env.sh"
 
 # The command runs with the host's bash, libraries and tools. Its output goes to the

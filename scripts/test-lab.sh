@@ -11,10 +11,10 @@ fail() { echo "test-lab: FAILED: $*" >&2; exit 1; }
 passed=0
 
 set +e
-bash "$lab" -- bash -c 'test -c /dev/kvm && grep -qx 1 /sys/module/kvm_amd/parameters/nested && grep -qx Y /sys/module/kvm_amd/parameters/npt && exit 7' >/dev/null 2>&1
+out=$(bash "$lab" -- bash -c 'test -c /dev/kvm && grep -qx 1 /sys/module/kvm_amd/parameters/nested && grep -qx Y /sys/module/kvm_amd/parameters/npt && exit 7' 2>&1)
 rc=$?
 set -e
-[ "$rc" = 7 ] || fail "expected the command's status 7 (kvm_amd nested+npt present), got $rc"
+[ "$rc" = 7 ] || fail "expected the command's status 7 (kvm_amd nested+npt present), got $rc: $(tail -n 5 <<<"$out")"
 passed=$((passed + 1))
 
 set +e
