@@ -204,15 +204,37 @@ say "booting L1 ($(qemu-system-x86_64 --version | sed -n '1s/.*version \([^ ]*\)
 started=$(date +%s)
 serial=(-serial stdio)
 [ "$interactive" = 1 ] && serial=(-serial mon:stdio)
+# QEMU's monitor on two FIFOs: at the hard timeout the watchdog below asks the L1 kernel
+# (magic SysRq through the emulated keyboard) for its CPUs' and tasks' state, so a timeout
+# shows whether L1 itself hung or a command inside it is waiting.
+mkfifo "$run/mon.in" "$run/mon.out"
+cat "$run/mon.out" >"$run/mon.log" 2>/dev/null &
+mon_reader=$!
+grace=15
+(
+    # Its sleep must not hold the caller's stdout (a pipe to tee would wait for it).
+    sleep "$timeout_secs" </dev/null >/dev/null 2>&1
+    say "hard timeout after ${timeout_secs}s: the L1 kernel's CPU backtraces and blocked tasks follow (SysRq l, w); a silent L1 is hung itself"
+    for key in l w; do
+        printf 'sendkey alt-sysrq-%s\n' "$key" >"$run/mon.in"
+        sleep 4
+    done
+) &
+watchdog=$!
 set +e
-timeout --foreground -k 5 "$timeout_secs" qemu-system-x86_64 \
+timeout --foreground -k 5 "$((timeout_secs + grace))" qemu-system-x86_64 \
     -accel tcg,thread=multi -cpu max -smp "$smp" -m "$mem" \
     -nodefaults -no-user-config -nographic -no-reboot "${serial[@]}" -bios qboot.rom \
+    -monitor "pipe:$run/mon" \
     -kernel "$l1/vmlinuz" -initrd "$l1/initramfs.cpio.gz" \
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 lab.run=$run lab.repo=$repo" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 sysrq_always_enabled=1 lab.run=$run lab.repo=$repo" \
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
     -virtfs "local,path=$repo,mount_tag=repo,security_model=none,multidevs=remap"
 qrc=$?
+pkill -P "$watchdog" 2>/dev/null
+kill "$watchdog" 2>/dev/null
+wait "$watchdog" 2>/dev/null
+kill "$mon_reader" 2>/dev/null
 set -e
 elapsed=$(( $(date +%s) - started ))
 if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then

@@ -94,7 +94,7 @@ real() {
     rm -f "$out"
     return 1
 }
-if [ "$real_guest_where" = lab ]; then export VMM_LAB_TIMEOUT=${VMM_LAB_TIMEOUT:-600}; fi
+if [ "$real_guest_where" = lab ]; then export VMM_LAB_TIMEOUT=${VMM_LAB_TIMEOUT:-420}; fi
 if [ "$real_guest_where" = lab ]; then export VMM_TEST_BOOT_TIMEOUT_SECS=${VMM_TEST_BOOT_TIMEOUT_SECS:-240}; fi
 for t in "${real_guest_tests[@]}"; do
     echo "== real-guest tests: $t ($real_guest_where)"
