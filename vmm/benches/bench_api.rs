@@ -47,7 +47,11 @@ fn start(guest: &Path, socket: &Path, vcpus: usize) -> Vmm {
         .unwrap_or_else(|e| fail(&format!("cannot start vmm: {e}")));
     let vmm = Vmm(child);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while client::request(socket, &Request::Ping, TIMEOUT).ok().map(|a| a.status) != Some(200) {
+    while client::request(socket, &Request::Ping, TIMEOUT)
+        .ok()
+        .map(|a| a.status)
+        != Some(200)
+    {
         if Instant::now() > deadline {
             fail("the VMM's API never answered");
         }
@@ -86,8 +90,8 @@ fn main() {
         .unwrap_or_else(|e| fail(&format!("cannot write the spinner guest: {e}")));
     let socket = std::env::temp_dir().join(format!("vmm-bench-api-{}.sock", std::process::id()));
     let _vmm = start(guest.path(), &socket, vcpus);
-    let mut conn = Connection::connect(&socket)
-        .unwrap_or_else(|e| fail(&format!("cannot connect: {e}")));
+    let mut conn =
+        Connection::connect(&socket).unwrap_or_else(|e| fail(&format!("cannot connect: {e}")));
     let (mut kept, mut fresh) = (Side::default(), Side::default());
     for block in 0..cycles.div_ceil(BLOCK) * 2 {
         let persistent = block % 2 == 0;
