@@ -96,22 +96,20 @@ fn main() {
     for block in 0..cycles.div_ceil(BLOCK) * 2 {
         let persistent = block % 2 == 0;
         for _ in 0..BLOCK {
-            let t = Instant::now();
-            let r = if persistent {
-                conn.send(&Request::Pause, TIMEOUT)
-            } else {
-                client::request(&socket, &Request::Pause, TIMEOUT)
+            // One request, timed, on the kept connection or a new one.
+            let mut timed = |what: &str, req: &Request| {
+                let t = Instant::now();
+                let r = if persistent {
+                    conn.send(req, TIMEOUT)
+                } else {
+                    client::request(&socket, req, TIMEOUT)
+                };
+                let took = t.elapsed();
+                check(what, r);
+                took
             };
-            let paused = t.elapsed();
-            check("pause", r);
-            let t = Instant::now();
-            let r = if persistent {
-                conn.send(&Request::Resume, TIMEOUT)
-            } else {
-                client::request(&socket, &Request::Resume, TIMEOUT)
-            };
-            let resumed = t.elapsed();
-            check("resume", r);
+            let paused = timed("pause", &Request::Pause);
+            let resumed = timed("resume", &Request::Resume);
             let side = if persistent { &mut kept } else { &mut fresh };
             side.pause.push(paused);
             side.resume.push(resumed);
