@@ -10,6 +10,14 @@
 #                       guest triple-faulted or hung now and then under host load, and once
 #                       the L1 kernel itself crashed ("stack guard page was hit"); with 1 the
 #                       same suites ran clean, no slower on a 2-core host.
+#   --heartbeat SECS    send L1 a harmless interrupt (a Ctrl key press through the emulated
+#                       keyboard) every SECS seconds; 0 turns it off (default 2;
+#                       VMM_LAB_HEARTBEAT). Why: now and then QEMU's TCG leaves L1's own
+#                       timer interrupt pending, unseen, while L1's CPU runs the L2 guest, and
+#                       L1 freezes until some other interrupt arrives (CI saw L1 frozen for
+#                       236 s and 323 s, ended each time by the SysRq key press at the timeout).
+#                       L1 records every stall of a second or more, and the run's summary
+#                       line reports them.
 #   --setup             only install/build what the lab needs, then exit
 #   -h, --help          this text
 #
@@ -24,7 +32,8 @@
 #      directory (which must lie inside the repository),
 #   4. streams the command's output (stdout and stderr both, through L1's serial console) and
 #      exits with the command's exit status.
-# Exit status: the command's, or 124 when the hard timeout fired, 125 when the lab itself
+# Exit status: the command's, or 124 when the hard timeout fired (even if the command finished
+# after it), 125 when the lab itself failed or L1 froze for 30 s or more during a command that
 # failed (a clear one-line error says why).
 #
 # Suitable as a cargo runner, so that cargo builds on the host and runs each test binary in
@@ -41,12 +50,14 @@ die() { printf 'kvm-lab: error: %s\n' "$*" >&2; exit 125; }
 timeout_secs=${VMM_LAB_TIMEOUT:-1800}
 mem=${VMM_LAB_MEM:-6G}
 smp=${VMM_LAB_SMP:-1}
+heartbeat=${VMM_LAB_HEARTBEAT:-2}
 setup_only=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --timeout) timeout_secs=$2; shift 2 ;;
         --mem) mem=$2; shift 2 ;;
         --smp) smp=$2; shift 2 ;;
+        --heartbeat) heartbeat=$2; shift 2 ;;
         --setup) setup_only=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
         --) shift; break ;;
@@ -56,6 +67,7 @@ done
 [ "$setup_only" = 1 ] || [ $# -gt 0 ] || die "no command given (usage: $0 [OPTIONS] -- COMMAND [ARG...])"
 [[ "$timeout_secs" =~ ^[0-9]+$ ]] || die "--timeout wants whole seconds, not '$timeout_secs'"
 [[ "$smp" =~ ^[1-9][0-9]*$ ]] || die "--smp wants a positive count, not '$smp'"
+[[ "$heartbeat" =~ ^[0-9]+$ ]] || die "--heartbeat wants whole seconds (0 for none), not '$heartbeat'"
 case "$repo" in *[[:space:]]*) die "the repository path '$repo' contains white space; the L1 kernel command line cannot carry it" ;; esac
 
 as_root() {
@@ -204,19 +216,28 @@ say "booting L1 ($(qemu-system-x86_64 --version | sed -n '1s/.*version \([^ ]*\)
 started=$(date +%s)
 serial=(-serial stdio)
 [ "$interactive" = 1 ] && serial=(-serial mon:stdio)
-# QEMU's monitor on two FIFOs: at the hard timeout the watchdog below asks the L1 kernel
-# (magic SysRq through the emulated keyboard) for its CPUs' and tasks' state, so a timeout
-# shows whether L1 itself hung or a command inside it is waiting.
+# QEMU's monitor on two FIFOs. The watchdog below writes to it: the heartbeat's key presses
+# (see --heartbeat) and, at the hard timeout, the magic SysRq keys that ask the L1 kernel for
+# its CPUs' and tasks' state, so a timeout shows whether L1 itself hung or a command inside
+# it is waiting. One writer, so a heartbeat key never lands inside a SysRq chord.
 mkfifo "$run/mon.in" "$run/mon.out"
 cat "$run/mon.out" >"$run/mon.log" 2>/dev/null &
 mon_reader=$!
 grace=15
 (
-    # Its sleep must not hold the caller's stdout (a pipe to tee would wait for it).
-    sleep "$timeout_secs" </dev/null >/dev/null 2>&1
+    # Opened read-write, the FIFO never blocks, whether or not QEMU has it open. The sleeps
+    # must not hold the caller's stdout (a pipe to tee would wait for them).
+    exec 3<>"$run/mon.in" </dev/null >/dev/null
+    deadline=$(( $(date +%s) + timeout_secs ))
+    while left=$(( deadline - $(date +%s) )); [ "$left" -gt 0 ]; do
+        if [ "$heartbeat" = 0 ]; then sleep "$left"; continue; fi
+        sleep "$(( heartbeat < left ? heartbeat : left ))"
+        printf 'sendkey ctrl\n' >&3
+    done
+    : >"$run/timed_out"
     say "hard timeout after ${timeout_secs}s: the L1 kernel's CPU backtraces and blocked tasks follow (SysRq l, w); a silent L1 is hung itself"
     for key in l w; do
-        printf 'sendkey alt-sysrq-%s\n' "$key" >"$run/mon.in"
+        printf 'sendkey alt-sysrq-%s\n' "$key" >&3
         sleep 4
     done
 ) &
@@ -237,8 +258,16 @@ wait "$watchdog" 2>/dev/null
 kill "$mon_reader" 2>/dev/null
 set -e
 elapsed=$(( $(date +%s) - started ))
-if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
-    say "error: hard timeout after ${timeout_secs}s (--timeout); the command did not finish"
+stalls="" longest=0
+if [ -s "$run/stalls" ]; then
+    longest=$(sort -n "$run/stalls" | tail -n 1)
+    stalls="; L1 stalled $(wc -l <"$run/stalls") time(s) for a second or more (longest $longest s)"
+fi
+# Past the hard timeout the run is the lab's fault even when L1 came back to life (the SysRq
+# key presses have revived a frozen L1) and the command then finished: its own deadlines
+# had passed while L1 stood still.
+if [ "$qrc" = 124 ] || [ "$qrc" = 137 ] || [ -e "$run/timed_out" ]; then
+    say "error: hard timeout after ${timeout_secs}s (--timeout); the command did not finish in time${stalls}"
     exit 124
 fi
 if [ ! -s "$run/rc" ]; then
@@ -246,5 +275,10 @@ if [ ! -s "$run/rc" ]; then
     die "L1 ended (QEMU status $qrc) without the command's exit status${err:+: $err}"
 fi
 rc=$(cat "$run/rc")
-say "command exited $rc after ${elapsed}s in L1"
+say "command exited $rc after ${elapsed}s in L1${stalls}"
+# A command that failed while L1 stood still for half a minute or more failed on the lab's
+# account: every deadline it had was measured on a clock that ran while nothing else did.
+if [ "$rc" != 0 ] && [ "${longest%.*}" -ge 30 ]; then
+    die "L1 froze for $longest s during the run; the command's failure (exit $rc) is the lab's"
+fi
 exit "$rc"

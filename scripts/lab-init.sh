@@ -46,6 +46,21 @@ $bb mkdir -p "/host$repo" 2>/dev/null
 $bb mount -t 9p -o "$opts,cache=mmap" repo "/host$repo" || fail "cannot mount the repository at $repo"
 [ -f "/host$run/env.sh" ] || fail "no command at $run/env.sh"
 
+# Stall recorder: L1's clock keeps running while L1 is frozen (see kvm-lab.sh --heartbeat),
+# so a quarter-second sleep that took a second or more longer than asked is a stall. Each one
+# goes to DIR/stalls (seconds, one per line) for kvm-lab.sh's summary line.
+(
+    read -r up _ </proc/uptime
+    prev=${up%.*}${up#*.}
+    while $bb sleep 0.25; do
+        read -r up _ </proc/uptime
+        now=${up%.*}${up#*.}
+        late=$((now - prev - 25))
+        [ "$late" -ge 100 ] && echo "$((late / 100)).$((late % 100 / 10))" >>"/host$run/stalls"
+        prev=$now
+    done
+) &
+
 # The command runs with the host's bash, libraries and tools. Its output goes to the
 # console raw (no \n -> \r\n), and stdin is the console only when the caller has a terminal.
 $bb chroot /host /bin/bash -c '
