@@ -22,6 +22,8 @@
 #                         kernel "add" uevent) and print a line whenever cpu/online or
 #                         cpu/present changes
 #   vmtest.mode=shell     print the markers, then an interactive busybox shell
+#   vmtest.mode=spin      print the markers, then keep every online CPU busy (one shell
+#                         loop per CPU), for pause benchmarks that must catch running vCPUs
 #   vmtest.hold=SECS      poweroff mode: wait SECS seconds (of guest time) before powering off
 #   vmtest.tick=SECS      watch mode: also print the uptime line every SECS seconds
 # Output lines (all start with VMTEST, lines end in \r\n on the serial port):
@@ -39,6 +41,7 @@
 #   VMTEST onlined=cpuN / VMTEST online-failed=cpuN   (watch mode, when it onlines a new CPU)
 #   VMTEST uptime=<seconds>                           (watch mode with vmtest.tick, periodically)
 #   VMTEST-SHELL                                      (shell mode)
+#   VMTEST-SPIN <n>                                   (spin mode, once <n> loops are running)
 #   VMTEST-ERROR <message>                            (bad vmtest.mode; then powers off)
 # Use console=ttyS0 (the VMM's 16550 at 0x3f8), e.g.
 #   console=ttyS0 quiet panic=-1 vmtest.mode=poweroff
@@ -304,6 +307,15 @@ case "$mode" in
     shell)
         echo "VMTEST-SHELL"
         setsid cttyhack sh || sh
+        do_poweroff
+        ;;
+    spin)
+        n=$(nproc)
+        for _ in $(seq "$n"); do
+            sh -c 'while :; do :; done' &
+        done
+        echo "VMTEST-SPIN $n"
+        wait
         do_poweroff
         ;;
     *)

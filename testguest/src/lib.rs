@@ -95,6 +95,9 @@ pub struct GuestSpec {
     /// Write [`SERIAL_BYTE`] to COM1 every this many rounds; 0 = never. Must be a power of
     /// two no larger than 2^31.
     pub serial_every: u64,
+    /// Count one round, then halt for good (`cli; hlt`): a vCPU that sits in KVM's halt,
+    /// for measuring what pause costs on an idle vCPU. The other fields are then unused.
+    pub halt: bool,
 }
 
 impl Default for GuestSpec {
@@ -105,6 +108,7 @@ impl Default for GuestSpec {
             ack_inserting: true,
             eject: true,
             serial_every: 1024,
+            halt: false,
         }
     }
 }
@@ -118,6 +122,14 @@ impl GuestSpec {
             eject: false,
             serial_every: 0,
             ..Self::default()
+        }
+    }
+
+    /// A guest whose vCPUs halt at once, with interrupts off (see [`GuestSpec::halt`]).
+    pub fn halter() -> Self {
+        GuestSpec {
+            halt: true,
+            ..Self::spinner()
         }
     }
 }
@@ -189,6 +201,16 @@ pub fn code(spec: &GuestSpec) -> Result<Vec<u8>, GuestError> {
     a.bytes(&spec.hotplug_base.to_le_bytes());
     a.bytes(&[0x66, 0xba]); //       66 ba imm16        mov dx, COM1_PORT
     a.bytes(&COM1_PORT.to_le_bytes());
+
+    if spec.halt {
+        let halted = a.label();
+        a.bytes(&[0x48, 0xff, 0x07]); // 48 ff 07       inc qword [rdi]       (progress)
+        a.bytes(&[0xfa]); //             fa             cli
+        a.bind(halted);
+        a.bytes(&[0xf4]); //             f4             hlt
+        a.jump(0xeb, halted); //         eb rel8        jmp halted
+        return a.finish();
+    }
 
     let outer = a.label();
     let scan = a.label();
@@ -364,6 +386,17 @@ mod tests {
         assert!((storm[storm.len() - 1] as i8) < 0);
         // The prologue starts with `mov eax, 1; cpuid`.
         assert_eq!(&storm[..7], &[0xb8, 1, 0, 0, 0, 0x0f, 0xa2]);
+    }
+
+    #[test]
+    fn the_halter_counts_once_then_halts_with_interrupts_off() {
+        let halter = code(&GuestSpec::halter()).unwrap();
+        // inc qword [rdi]; cli; hlt; jmp back to the hlt (rel8 -3)
+        assert!(
+            halter.ends_with(&[0x48, 0xff, 0x07, 0xfa, 0xf4, 0xeb, 0xfd]),
+            "{halter:x?}"
+        );
+        assert!(code(&GuestSpec::spinner()).unwrap() != halter);
     }
 
     #[test]

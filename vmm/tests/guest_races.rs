@@ -47,11 +47,11 @@ const PAUSE_LIMIT: Duration = Duration::from_secs(8);
 const MAX: usize = 4;
 
 fn cpu_range(n: usize) -> String {
-    cpu_list(&(0..n).collect())
+    format_cpus(&(0..n).collect())
 }
 
 /// A set of CPUs in Linux's cpulist format, the guest's own: `0`, `0-2`, `0,2-3`.
-fn cpu_list(cpus: &BTreeSet<usize>) -> String {
+fn format_cpus(cpus: &BTreeSet<usize>) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut it = cpus.iter().copied().peekable();
     while let Some(first) = it.next() {
@@ -269,7 +269,7 @@ fn settle(g: &mut GuestVm, m: &mut Model) -> Result<(), TestCaseError> {
         check(r["ok"] == true, || format!("settle: resume -> {r}"))?;
         m.paused = false;
     }
-    let want = cpu_list(&m.present);
+    let want = format_cpus(&m.present);
     g.try_settled_cpus(&want, &want, SETTLE)
         .map_err(TestCaseError::fail)?;
     let deadline = Instant::now() + SETTLE;

@@ -110,13 +110,22 @@ pub struct VmmProcess {
 impl VmmProcess {
     /// Spawns `vmm` with `args`.
     pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> VmmProcess {
-        let mut child = Command::new(vmm_bin())
+        Self::spawn_program(vmm_bin().as_ref(), args)
+    }
+
+    /// Spawns another VMM (a peer such as QEMU, for benchmarks) the same way: stdout
+    /// collected line by line, stderr whole.
+    pub fn spawn_program<S: AsRef<std::ffi::OsStr>>(
+        program: &std::ffi::OsStr,
+        args: &[S],
+    ) -> VmmProcess {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn vmm");
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.to_string_lossy()));
         let out = Arc::new((Mutex::new(Output::default()), Condvar::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let stdout_pipe = child.stdout.take().expect("stdout pipe");

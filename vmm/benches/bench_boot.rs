@@ -1,8 +1,11 @@
 //! Boot-time benchmark: boots the test guest 5 times each with 1, 2 and 4 vCPUs (max 4)
 //! and prints the median time from spawning `vmm` to the guest's `VMTEST-INIT-OK` line.
 //!
-//! Usage: `cargo run --release -p vmm --bin bench_boot [-- RUNS [TIMEOUT_SECS]]`. Uses the
-//! `vmm` binary next to this one and target/guest/{bzImage,initramfs.cpio.gz}.
+//! Usage: `cargo bench -p vmm --bench bench_boot [-- RUNS [TIMEOUT_SECS]]` where the host's
+//! KVM runs Linux; elsewhere through the nested-KVM lab:
+//! `CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/kvm-lab.sh --timeout 900 --" cargo bench ...`.
+//! Uses the `vmm` binary cargo built with it and target/guest/{bzImage,initramfs.cpio.gz}.
+//! For the same boot against QEMU's, see `bench_vs_qemu`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,21 +14,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 fn main() {
-    let mut args = std::env::args().skip(1);
+    // `cargo bench` adds `--bench`: only the plain arguments are ours.
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));
     let runs: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(5);
     let timeout = Duration::from_secs(args.next().and_then(|s| s.parse().ok()).unwrap_or(600));
-    let exe = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => fail(&format!("cannot locate myself: {e}")),
-    };
-    let dir = exe.parent().unwrap_or(Path::new("."));
-    let vmm = dir.join("vmm");
-    if !vmm.is_file() {
-        fail(&format!(
-            "{} not found: build it first (cargo build --release -p vmm)",
-            vmm.display()
-        ));
-    }
+    let vmm = PathBuf::from(env!("CARGO_BIN_EXE_vmm"));
     let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
     let kernel = guest.join("bzImage");
     let initramfs = guest.join("initramfs.cpio.gz");
