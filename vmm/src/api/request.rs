@@ -121,6 +121,13 @@ impl Request {
     pub fn is_shutdown(&self) -> bool {
         matches!(self, Request::VmShutdown | Request::VmmShutdown)
     }
+
+    /// Whether carrying it out may wait: a pause waits for every vCPU's acknowledgment
+    /// (bounded), a resize for threads to be reaped, a shutdown for the VM to stop. The
+    /// rest (ping, info, resume) only read or flip state and wake threads, without waiting.
+    pub fn may_block(&self) -> bool {
+        !matches!(self, Request::Ping | Request::Info | Request::Resume)
+    }
 }
 
 /// Everything a control request can fail with, from a path we do not serve to a pause that

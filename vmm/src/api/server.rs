@@ -533,6 +533,14 @@ async fn handle(
         return error_response(&ApiError::Busy(limits.max_connections));
     }
     log::debug!("control API: {method} {path}");
+    if !request.may_block() {
+        // Answered right here: a hop through the blocking pool and back would cost two
+        // thread wake-ups, each racing the vCPU threads a resume has just woken.
+        return match execute(&*control, &request) {
+            Ok(reply) => reply_response(reply),
+            Err(e) => error_response(&e),
+        };
+    }
     match tokio::task::spawn_blocking(move || execute(&*control, &request)).await {
         Ok(Ok(reply)) => reply_response(reply),
         Ok(Err(e)) => error_response(&e),
