@@ -193,7 +193,7 @@ fn main() {
             )),
         }
     }
-    if cycles == 0 || counts.is_empty() || counts.iter().any(|&n| n == 0) {
+    if cycles == 0 || counts.is_empty() || counts.contains(&0) {
         fail("counts must be positive");
     }
     std::fs::create_dir_all(&out).unwrap_or_else(|e| fail(&format!("{}: {e}", out.display())));

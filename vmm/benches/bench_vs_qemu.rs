@@ -88,7 +88,7 @@ fn opts() -> Opts {
             )),
         }
     }
-    if o.cycles == 0 || o.boots == 0 || o.rounds == 0 || o.vcpus.iter().any(|&n| n == 0) {
+    if o.cycles == 0 || o.boots == 0 || o.rounds == 0 || o.vcpus.contains(&0) {
         fail("counts must be positive");
     }
     o
@@ -269,6 +269,8 @@ fn spawn(side: Side, g: &Guest, boot: usize, max: usize, mode: &str, what: &str)
 
 impl Running {
     fn connect(&mut self) -> Result<(), String> {
+        // QMP serves one client at a time: close the old connection first.
+        self.control = Control::None;
         self.control = match self.side {
             Side::Ours => Control::Api(
                 ApiConn::connect(&self.socket, Duration::from_secs(30))
