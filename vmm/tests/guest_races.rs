@@ -263,6 +263,45 @@ fn apply_resize(m: &mut Model, n: usize, r: &serde_json::Value) -> Result<(), St
     Ok(())
 }
 
+/// The model's own checks, without a guest: outcomes the contract allows pass, and ones it
+/// does not (the VMM misbehaving) are caught.
+#[test]
+fn the_model_accepts_the_contract_and_catches_breaches() {
+    let model = |present: &[usize], leaving: &[usize]| Model {
+        paused: false,
+        present: present.iter().copied().collect(),
+        leaving: leaving.iter().copied().collect(),
+    };
+    let outcome = |added: &[usize], cancelled: &[usize], removing: &[usize]| json!({ "added": added, "cancelled": cancelled, "removing": removing });
+    // Shrinking 3 -> 1 gives back the highest two.
+    let mut m = model(&[0, 1, 2], &[]);
+    apply_resize(&mut m, 1, &outcome(&[], &[], &[2, 1])).unwrap();
+    assert_eq!(
+        (format_cpus(&m.present), format_cpus(&m.leaving)),
+        ("0".into(), "1-2".into())
+    );
+    // Growing back while 1 is still being ejected: withdraw 2, add 3 (the case that found
+    // the old model's bug), and the guest is to end with 0,2-3.
+    apply_resize(&mut m, 3, &outcome(&[3], &[2], &[])).unwrap();
+    assert_eq!(format_cpus(&m.present), "0,2-3");
+    // Breaches: shrinking the lowest, adding a present slot, withdrawing one never asked
+    // back, adding too few, and a no-op resize that changed something.
+    for (present, leaving, n, r) in [
+        (&[0, 1, 2][..], &[][..], 2, outcome(&[], &[], &[0])),
+        (&[0, 1], &[], 3, outcome(&[1], &[], &[])),
+        (&[0, 1], &[], 3, outcome(&[], &[2], &[])),
+        (&[0], &[], 3, outcome(&[1], &[], &[])),
+        (&[0, 1], &[], 2, outcome(&[2], &[], &[])),
+    ] {
+        let mut m = model(present, leaving);
+        assert!(
+            apply_resize(&mut m, n, &r).is_err(),
+            "{present:?} -> {n}: {r} accepted"
+        );
+    }
+    assert!(apply_resize(&mut model(&[0], &[]), 2, &json!({ "added": [1] })).is_err());
+}
+
 fn settle(g: &mut GuestVm, m: &mut Model) -> Result<(), TestCaseError> {
     if m.paused {
         let r = g.call("resume", json!({}));
