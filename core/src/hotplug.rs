@@ -13,7 +13,8 @@
 
 use crate::backend::Backend;
 use crate::slot::{
-    Life, FLAG_REMOVE_REQUESTED, STATUS_EJECT, STATUS_ENABLED, STATUS_INSERTING, STATUS_REMOVING,
+    Life, FLAG_REMOVAL_SEEN, FLAG_REMOVE_REQUESTED, STATUS_EJECT, STATUS_ENABLED, STATUS_INSERTING,
+    STATUS_REMOVING,
 };
 use crate::sync::Ordering;
 use crate::vcpus::Vcpus;
@@ -69,7 +70,20 @@ impl<B: Backend> Vcpus<B> {
             return 0;
         };
         let slot = &self.shared().slots[i];
-        let mut status = slot.flags.load(Ordering::SeqCst) & (STATUS_INSERTING | STATUS_REMOVING);
+        // Read and, when `removing` is shown, mark it seen, in one atomic step.
+        let mut flags = slot.flags.load(Ordering::SeqCst);
+        while flags & STATUS_REMOVING != 0 && flags & FLAG_REMOVAL_SEEN == 0 {
+            match slot.flags.compare_exchange(
+                flags,
+                flags | FLAG_REMOVAL_SEEN,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break,
+                Err(now) => flags = now,
+            }
+        }
+        let mut status = flags & (STATUS_INSERTING | STATUS_REMOVING);
         if slot.life() == Life::Active {
             status |= STATUS_ENABLED;
         }

@@ -95,6 +95,13 @@ pub const STATUS_EJECT: u8 = 1 << 3;
 /// from the guest is honoured. It survives the guest clearing `removing` during its scan.
 pub(crate) const FLAG_REMOVE_REQUESTED: u8 = 1 << 7;
 
+/// Internal flag: the guest has read `removing` for this CPU since the removal was
+/// requested, so it may be offlining the CPU on its way to an eject and the request can no
+/// longer be withdrawn. Set by the same atomic step that reads the status for the guest,
+/// so a withdrawal either comes before the guest's read (the guest never sees `removing`)
+/// or fails.
+pub(crate) const FLAG_REMOVAL_SEEN: u8 = 1 << 6;
+
 /// Per-slot state. The state itself is atomics: no lock is needed to read or change a
 /// slot. The slot's `bell` lock exists only so that sleepers on its two condvars cannot
 /// miss a wake-up (a sleeper checks the atomics under it; a waker changes the atomics,

@@ -15,7 +15,8 @@ use crate::error::{CoreError, PauseError, PauseTimeout};
 use crate::link::{current_vcpu, VcpuLink};
 use crate::shared::Shared;
 use crate::slot::{
-    Life, Location, SlotReport, FLAG_REMOVE_REQUESTED, STATUS_INSERTING, STATUS_REMOVING,
+    Life, Location, SlotReport, FLAG_REMOVAL_SEEN, FLAG_REMOVE_REQUESTED, STATUS_INSERTING,
+    STATUS_REMOVING,
 };
 use crate::sync::{lock, wait_slice, Arc, Deadline, Mutex, Ordering};
 use std::time::Duration;
@@ -242,9 +243,29 @@ impl<B: Backend> Vcpus<B> {
         let slot = &self.inner.shared.slots[index];
         match slot.life() {
             Life::Active | Life::Starting => {
-                slot.flags.fetch_and(!STATUS_INSERTING, Ordering::SeqCst);
-                slot.flags
-                    .fetch_or(STATUS_REMOVING | FLAG_REMOVE_REQUESTED, Ordering::SeqCst);
+                // One atomic step: a guest read in between must not mark the new request
+                // seen and then have that undone.
+                let mut f = slot.flags.load(Ordering::SeqCst);
+                loop {
+                    // A request already standing keeps its "seen": the guest may be on
+                    // its way to eject the CPU.
+                    let seen = if f & FLAG_REMOVE_REQUESTED != 0 {
+                        f & FLAG_REMOVAL_SEEN
+                    } else {
+                        0
+                    };
+                    let new = (f & !(STATUS_INSERTING | FLAG_REMOVAL_SEEN))
+                        | STATUS_REMOVING
+                        | FLAG_REMOVE_REQUESTED
+                        | seen;
+                    match slot
+                        .flags
+                        .compare_exchange(f, new, Ordering::SeqCst, Ordering::SeqCst)
+                    {
+                        Ok(_) => break,
+                        Err(now) => f = now,
+                    }
+                }
                 Ok(())
             }
             life => Err(CoreError::WrongState {
@@ -255,15 +276,26 @@ impl<B: Backend> Vcpus<B> {
         }
     }
 
-    /// Withdraws a removal request the guest has not acted on yet. Returns whether one was
-    /// pending.
+    /// Withdraws a removal request the guest has not seen yet. Returns whether it did:
+    /// false when none was pending, and false (changing nothing) once the guest has read
+    /// `removing` for this CPU, since it may already be offlining it to eject it.
     pub fn cancel_removal(&self, index: usize) -> Result<bool, CoreError> {
         self.check_index(index)?;
         let slot = &self.inner.shared.slots[index];
-        let old = slot
-            .flags
-            .fetch_and(!(STATUS_REMOVING | FLAG_REMOVE_REQUESTED), Ordering::SeqCst);
-        Ok(old & FLAG_REMOVE_REQUESTED != 0)
+        let mut f = slot.flags.load(Ordering::SeqCst);
+        loop {
+            if f & FLAG_REMOVE_REQUESTED == 0 || f & FLAG_REMOVAL_SEEN != 0 {
+                return Ok(false);
+            }
+            let new = f & !(STATUS_REMOVING | FLAG_REMOVE_REQUESTED);
+            match slot
+                .flags
+                .compare_exchange(f, new, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return Ok(true),
+                Err(now) => f = now,
+            }
+        }
     }
 
     /// Tells vCPU `index` to leave its run loop (wakes it if parked, kicks it out of guest

@@ -331,6 +331,8 @@ struct MSlot {
     inserting: bool,
     removing: bool,
     remove_requested: bool,
+    /// The guest read `removing` since the request: it can no longer be withdrawn.
+    removal_seen: bool,
 }
 
 impl MSlot {
@@ -339,6 +341,7 @@ impl MSlot {
         inserting: false,
         removing: false,
         remove_requested: false,
+        removal_seen: false,
     };
     fn with_life(life: MLife) -> MSlot {
         MSlot {
@@ -441,7 +444,13 @@ impl Model {
                 let mut d = vec![0u8; *size];
                 match (*offset, *size) {
                     (REG_SELECT, 4) => d.copy_from_slice(&self.selected.to_le_bytes()),
-                    (REG_STATUS, 1) => d[0] = self.status(),
+                    (REG_STATUS, 1) => {
+                        d[0] = self.status();
+                        if let Some(i) = self.selected_index() {
+                            let s = &mut self.slots[i];
+                            s.removal_seen |= s.removing;
+                        }
+                    }
                     _ => {}
                 }
                 Outcome::Read(d)
@@ -520,6 +529,7 @@ impl Model {
             return Expect::WrongState(s.life.core());
         }
         s.inserting = false;
+        s.removal_seen &= s.remove_requested;
         s.removing = true;
         s.remove_requested = true;
         Expect::Ok(())
@@ -529,10 +539,12 @@ impl Model {
         let Some(s) = self.slots.get_mut(i) else {
             return Expect::OutOfRange;
         };
-        let was = s.remove_requested;
+        if !s.remove_requested || s.removal_seen {
+            return Expect::Ok(false);
+        }
         s.removing = false;
         s.remove_requested = false;
-        Expect::Ok(was)
+        Expect::Ok(true)
     }
 
     fn stop(&mut self, i: usize) -> Expect<bool> {
@@ -566,7 +578,11 @@ impl Model {
         let mut steps = Vec::new();
         if n > kept.len() {
             let mut need = n - kept.len();
-            for i in self.active().filter(|&i| self.slots[i].remove_requested) {
+            // Only removals the guest has not read yet can be withdrawn.
+            for i in self
+                .active()
+                .filter(|&i| self.slots[i].remove_requested && !self.slots[i].removal_seen)
+            {
                 if need == 0 {
                     break;
                 }
@@ -640,6 +656,8 @@ fn vmm_resize(
             }
             match v.cancel_removal(i) {
                 Ok(true) => {}
+                // The guest has read `removing`: not withdrawable, take the next.
+                Ok(false) => continue,
                 other => return Err(format!("resize: cancel_removal({i}) = {other:?}")),
             }
             steps.push(ResizeStep::Cancel(i));
@@ -790,13 +808,24 @@ impl Harness {
     }
 
     /// Compares every observable with the model.
-    fn check(&self) -> Result<(), String> {
+    fn check(&mut self) -> Result<(), String> {
         self.check_except(None)
     }
 
     /// [`Harness::check`], except that vCPU `queued` may still have guest operations queued
     /// (it was parked in the middle of a batch).
-    fn check_except(&self, queued: Option<usize>) -> Result<(), String> {
+    fn check_except(&mut self, queued: Option<usize>) -> Result<(), String> {
+        self.compare(queued)?;
+        // The comparison read the selected CPU's status register, as a guest would: a
+        // `removing` it showed is now seen (no longer withdrawable), in the core and here.
+        if let Some(i) = self.model.selected_index() {
+            let s = &mut self.model.slots[i];
+            s.removal_seen |= s.removing;
+        }
+        Ok(())
+    }
+
+    fn compare(&self, queued: Option<usize>) -> Result<(), String> {
         let m = &self.model;
         let rs = self.vm.reports();
         ensure!(

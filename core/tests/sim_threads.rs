@@ -386,6 +386,18 @@ fn slot_management_errors_are_typed() {
     vcpus.request_removal(0).expect("request");
     assert!(vcpus.cancel_removal(0).expect("cancel"));
     assert!(!vcpus.report(0).removing);
+    // Once the guest has read `removing` it may be offlining the CPU to eject it: the
+    // request stands (withdrawing it left a guest that ejected a CPU the VMM kept).
+    vcpus.request_removal(0).expect("request");
+    vcpus.hotplug_write(REG_SELECT, &0u32.to_le_bytes());
+    let mut status = [0u8];
+    vcpus.hotplug_read(REG_STATUS, &mut status);
+    assert_ne!(status[0] & vcpu_sync::STATUS_REMOVING, 0);
+    assert!(!vcpus.cancel_removal(0).expect("cancel"));
+    assert!(vcpus.report(0).remove_requested);
+    // Asking again does not make a seen request withdrawable.
+    vcpus.request_removal(0).expect("request");
+    assert!(!vcpus.cancel_removal(0).expect("cancel"));
     teardown(&vcpus, &sim);
 }
 

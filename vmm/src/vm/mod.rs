@@ -537,8 +537,9 @@ impl Vm {
 
     /// Changes the number of present vCPUs to `n`, then raises the GED so the guest scans:
     ///
-    /// * growing first withdraws pending removals the guest has not seen yet (highest
-    ///   slots stay, lowest first), then hot-adds the lowest absent slots;
+    /// * growing first withdraws pending removals the guest has not seen yet (lowest
+    ///   first; one whose `removing` the guest has read cannot be withdrawn), then
+    ///   hot-adds the lowest absent slots;
     /// * shrinking asks the guest to give up the highest present slots; the guest ejects
     ///   them (`_EJ0`) and the main loop reaps them.
     ///
@@ -621,10 +622,33 @@ impl Vm {
                     busy,
                 });
             }
-            for &i in &withdrawable[..cancel] {
+            // A withdrawal fails once the guest has read `removing` (it may be offlining
+            // the CPU to eject it): take the next withdrawable slot, then free ones.
+            for &i in &withdrawable {
+                if outcome.cancelled.len() == cancel {
+                    break;
+                }
                 if self.vcpus.cancel_removal(i)? {
                     outcome.cancelled.push(i);
                 }
+            }
+            let add = need - outcome.cancelled.len();
+            if free.len() < add {
+                // Put back what was withdrawn (the guest has not seen those removals), so
+                // the refusal leaves the VM as it was.
+                for &i in &outcome.cancelled {
+                    self.vcpus.request_removal(i)?;
+                }
+                let busy = reports
+                    .iter()
+                    .filter(|r| r.life != Life::Absent && !staying.contains(&r.index))
+                    .map(|r| r.index)
+                    .collect();
+                return Err(ResizeError::SlotsBusy {
+                    requested: n,
+                    free: free.len(),
+                    busy,
+                });
             }
             for &i in &free[..add] {
                 self.vcpus.hot_add(i)?;
