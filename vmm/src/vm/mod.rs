@@ -607,20 +607,20 @@ impl Vm {
         };
         if n > staying.len() {
             let need = n - staying.len();
-            let cancel = need.min(withdrawable.len());
-            let add = need - cancel;
-            if free.len() < add {
-                let busy = reports
+            // Refused: the slots neither staying nor free, less those in `except`.
+            let busy = |except: &[usize]| ResizeError::SlotsBusy {
+                requested: n,
+                free: free.len(),
+                busy: reports
                     .iter()
                     .filter(|r| r.life != Life::Absent && !staying.contains(&r.index))
-                    .filter(|r| !withdrawable.contains(&r.index))
+                    .filter(|r| !except.contains(&r.index))
                     .map(|r| r.index)
-                    .collect();
-                return Err(ResizeError::SlotsBusy {
-                    requested: n,
-                    free: free.len(),
-                    busy,
-                });
+                    .collect(),
+            };
+            let cancel = need.min(withdrawable.len());
+            if free.len() < need - cancel {
+                return Err(busy(&withdrawable));
             }
             // A withdrawal fails once the guest has read `removing` (it may be offlining
             // the CPU to eject it): take the next withdrawable slot, then free ones.
@@ -639,16 +639,7 @@ impl Vm {
                 for &i in &outcome.cancelled {
                     self.vcpus.request_removal(i)?;
                 }
-                let busy = reports
-                    .iter()
-                    .filter(|r| r.life != Life::Absent && !staying.contains(&r.index))
-                    .map(|r| r.index)
-                    .collect();
-                return Err(ResizeError::SlotsBusy {
-                    requested: n,
-                    free: free.len(),
-                    busy,
-                });
+                return Err(busy(&[]));
             }
             for &i in &free[..add] {
                 self.vcpus.hot_add(i)?;
