@@ -104,9 +104,13 @@ impl VcpuLink {
             if slot.ack.load(Ordering::SeqCst) != epoch {
                 slot.ack.store(epoch, Ordering::SeqCst);
                 // Waiters of this slot check `ack` under `bell`, which we hold.
-                slot.waiters_cv.notify_all();
+                if guard.waiters > 0 {
+                    slot.waiters_cv.notify_all();
+                }
             }
+            guard.parked = true;
             guard = wait(&slot.parked_cv, guard);
+            guard.parked = false;
         };
         drop(guard);
         slot.set_location(Location::Userspace);

@@ -1,8 +1,9 @@
 //! One vCPU slot: its lifecycle, the guest-visible hotplug bits, and the atomics of the
 //! kick/acknowledge handshake. Slots are allocated once and never move (docs/design.md, rule 1).
 
-use crate::sync::{lock, AtomicU64, AtomicU8, Condvar, Mutex, Ordering};
+use crate::sync::{lock, wait_slice, AtomicU64, AtomicU8, Condvar, Mutex, Ordering};
 use std::fmt;
+use std::time::Duration;
 
 /// Lifecycle of a slot. Only the transitions documented on [`crate::Vcpus`] happen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -102,12 +103,24 @@ pub(crate) const FLAG_REMOVE_REQUESTED: u8 = 1 << 7;
 /// or fails.
 pub(crate) const FLAG_REMOVAL_SEEN: u8 = 1 << 6;
 
+/// Who sleeps on a slot's condvars, kept under its `bell` so a waker that finds nobody
+/// asleep skips the notify (a futex system call): with hundreds of vCPUs a pause's
+/// acknowledgements and a resume would otherwise make one such call per slot for nobody.
+#[derive(Debug, Default)]
+pub(crate) struct Sleepers {
+    /// Pausers and stoppers inside a wait on `waiters_cv`.
+    pub(crate) waiters: u32,
+    /// The vCPU thread is inside its wait on `parked_cv`.
+    pub(crate) parked: bool,
+}
+
 /// Per-slot state. The state itself is atomics: no lock is needed to read or change a
 /// slot. The slot's `bell` lock exists only so that sleepers on its two condvars cannot
-/// miss a wake-up (a sleeper checks the atomics under it; a waker changes the atomics,
-/// then notifies under it). It is held for a check or a notify, never across anything
-/// that blocks, and nobody holds two slots' bells: a wake-up concerns one slot, so the
-/// vCPUs never contend with each other and no lock order exists to get wrong.
+/// miss a wake-up (a sleeper checks the atomics and registers itself in [`Sleepers`] under
+/// it; a waker changes the atomics, then notifies under it if anybody is registered). It
+/// is held for a check or a notify, never across anything that blocks, and nobody holds
+/// two slots' bells: a wake-up concerns one slot, so the vCPUs never contend with each
+/// other and no lock order exists to get wrong.
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub(crate) life: AtomicU8,
@@ -116,7 +129,7 @@ pub(crate) struct Slot {
     pub(crate) ack: AtomicU64,
     pub(crate) location: AtomicU8,
     pub(crate) kicks: AtomicU64,
-    pub(crate) bell: Mutex<()>,
+    pub(crate) bell: Mutex<Sleepers>,
     /// The vCPU thread sleeps here while paused; resume and stop ring it.
     pub(crate) parked_cv: Condvar,
     /// Pausers and stoppers waiting for this vCPU sleep here (in bounded slices); its
@@ -133,7 +146,7 @@ impl Slot {
             ack: AtomicU64::new(0),
             location: AtomicU8::new(Location::NotStarted as u8),
             kicks: AtomicU64::new(0),
-            bell: Mutex::new(()),
+            bell: Mutex::new(Sleepers::default()),
             parked_cv: Condvar::new(),
             waiters_cv: Condvar::new(),
         }
@@ -142,15 +155,31 @@ impl Slot {
     /// Wakes the vCPU thread if it is parked (after the epoch or `life` changed).
     pub(crate) fn ring_parked(&self) {
         let guard = lock(&self.bell);
-        self.parked_cv.notify_all();
+        if guard.parked {
+            self.parked_cv.notify_all();
+        }
         drop(guard);
     }
 
     /// Wakes whoever waits for this vCPU (after its ack, its `life` or the epoch changed).
     pub(crate) fn ring_waiters(&self) {
         let guard = lock(&self.bell);
-        self.waiters_cv.notify_all();
+        if guard.waiters > 0 {
+            self.waiters_cv.notify_all();
+        }
         drop(guard);
+    }
+
+    /// Sleeps on `waiters_cv` until notified, `slice` has passed, or `done()` holds (checked
+    /// under the bell). Returns whether the slice timed out (see [`wait_slice`]).
+    pub(crate) fn wait_for_vcpu(&self, slice: Duration, done: impl Fn() -> bool) -> bool {
+        wait_slice(
+            &self.bell,
+            &self.waiters_cv,
+            slice,
+            |s| &mut s.waiters,
+            done,
+        )
     }
 
     pub(crate) fn life(&self) -> Life {

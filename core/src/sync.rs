@@ -39,6 +39,8 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Sleeps until `cv` is notified, `slice` has passed, or `done()` holds. `done` is checked
 /// under `m`, so a notifier that changes state and then notifies under `m` is never missed.
+/// While asleep the caller is counted in `sleepers(&mut *guard)`, so a notifier that finds
+/// the count at 0 under `m` may skip the notify.
 ///
 /// Under loom, while the execution's timeout budget lasts ([`model_time`]) the slice
 /// times out: a yield, so the wake-up may come at any point, which is the freedom the
@@ -47,8 +49,14 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// and yielding to each other would build endless schedules that starve everybody else.
 ///
 /// Returns whether the slice timed out (ended with no notification and `done()` false).
-pub fn wait_slice(m: &Mutex<()>, cv: &Condvar, slice: Duration, done: impl Fn() -> bool) -> bool {
-    let guard = lock(m);
+pub fn wait_slice<T>(
+    m: &Mutex<T>,
+    cv: &Condvar,
+    slice: Duration,
+    sleepers: impl Fn(&mut T) -> &mut u32,
+    done: impl Fn() -> bool,
+) -> bool {
+    let mut guard = lock(m);
     if done() {
         return false;
     }
@@ -56,31 +64,29 @@ pub fn wait_slice(m: &Mutex<()>, cv: &Condvar, slice: Duration, done: impl Fn() 
     {
         let _ = slice;
         if model_time::take_timeout() {
+            // Never asleep on `cv`, so never counted.
             drop(guard);
             thread::yield_now();
             return true;
         }
-        drop(wait(cv, guard));
+        *sleepers(&mut guard) += 1;
+        let mut guard = wait(cv, guard);
+        *sleepers(&mut guard) -= 1;
+        drop(guard);
         false
     }
     #[cfg(not(loom))]
     {
-        match cv.wait_timeout(guard, slice) {
-            Ok((guard, r)) => r.timed_out() && !done_then_drop(guard, &done),
-            Err(poisoned) => {
-                let (guard, r) = poisoned.into_inner();
-                r.timed_out() && !done_then_drop(guard, &done)
-            }
-        }
+        *sleepers(&mut guard) += 1;
+        let (mut guard, r) = match cv.wait_timeout(guard, slice) {
+            Ok(x) => x,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *sleepers(&mut guard) -= 1;
+        let timed_out = r.timed_out() && !done();
+        drop(guard);
+        timed_out
     }
-}
-
-/// Evaluates `done` while still holding the guard of the wait that just ended.
-#[cfg(not(loom))]
-fn done_then_drop<T>(guard: MutexGuard<'_, T>, done: &impl Fn() -> bool) -> bool {
-    let d = done();
-    drop(guard);
-    d
 }
 
 /// Waits on `cv` until notified (no timeout).
@@ -170,33 +176,47 @@ mod tests {
 
     #[test]
     fn wait_slice_reports_a_timeout_only_when_nothing_happened() {
-        let m = Mutex::new(());
+        let m = Mutex::new(0u32);
         let cv = Condvar::new();
         let slice = Duration::from_millis(5);
-        assert!(wait_slice(&m, &cv, slice, || false), "nothing happened");
-        assert!(!wait_slice(&m, &cv, slice, || true), "already done");
+        assert!(
+            wait_slice(&m, &cv, slice, |n| n, || false),
+            "nothing happened"
+        );
+        assert!(!wait_slice(&m, &cv, slice, |n| n, || true), "already done");
+        assert_eq!(*lock(&m), 0, "a sleeper stayed counted after its wait");
     }
 
     #[test]
     fn wait_slice_wakes_on_notification_without_timing_out() {
-        let shared = Arc::new((Mutex::new(()), Condvar::new(), AtomicBool::new(false)));
+        let shared = Arc::new((Mutex::new(0u32), Condvar::new(), AtomicBool::new(false)));
         let s = shared.clone();
         let waker = thread::spawn(move || {
             thread::sleep(Duration::from_millis(20));
             s.2.store(true, Ordering::SeqCst);
+            // As the core's wakers do: notify only a counted sleeper.
             let g = lock(&s.0);
-            s.1.notify_all();
+            if *g > 0 {
+                s.1.notify_all();
+            }
             drop(g);
         });
         let start = std::time::Instant::now();
         let mut timed_out = false;
         while !shared.2.load(Ordering::SeqCst) {
-            timed_out = wait_slice(&shared.0, &shared.1, Duration::from_secs(30), || {
-                shared.2.load(Ordering::SeqCst)
-            });
+            timed_out = wait_slice(
+                &shared.0,
+                &shared.1,
+                Duration::from_secs(30),
+                |n| n,
+                || shared.2.load(Ordering::SeqCst),
+            );
         }
         assert!(!timed_out, "a notified wait reported a timeout");
-        assert!(start.elapsed() < Duration::from_secs(30));
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the sleeper was not counted, so nobody woke it"
+        );
         waker.join().expect("waker");
     }
 }

@@ -18,7 +18,7 @@ use crate::slot::{
     Life, Location, SlotReport, FLAG_REMOVAL_SEEN, FLAG_REMOVE_REQUESTED, STATUS_INSERTING,
     STATUS_REMOVING,
 };
-use crate::sync::{lock, wait_slice, Arc, Deadline, Mutex, Ordering};
+use crate::sync::{lock, Arc, Deadline, Mutex, Ordering};
 use std::time::Duration;
 
 /// How long a pauser sleeps between re-kicks of vCPUs that have not acknowledged.
@@ -343,9 +343,7 @@ impl<B: Backend> Vcpus<B> {
                 return Err(CoreError::StopTimeout(self.report(index)));
             }
             self.kick(index);
-            wait_slice(&slot.bell, &slot.waiters_cv, REKICK_INTERVAL, || {
-                slot.life() != Life::Stopping
-            });
+            slot.wait_for_vcpu(REKICK_INTERVAL, || slot.life() != Life::Stopping);
         }
     }
 
@@ -404,9 +402,7 @@ impl<B: Backend> Vcpus<B> {
             }
             self.kick(i);
             let slot = &shared.slots[i];
-            wait_slice(&slot.bell, &slot.waiters_cv, REKICK_INTERVAL, || {
-                slot.life() == Life::Exited
-            });
+            slot.wait_for_vcpu(REKICK_INTERVAL, || slot.life() == Life::Exited);
         }
     }
 
@@ -504,7 +500,7 @@ impl<B: Backend> Vcpus<B> {
                 return Err(PauseError::Timeout(err));
             }
             let slot = &shared.slots[first];
-            let timed_out = wait_slice(&slot.bell, &slot.waiters_cv, REKICK_INTERVAL, || {
+            let timed_out = slot.wait_for_vcpu(REKICK_INTERVAL, || {
                 shared.epoch.load(Ordering::SeqCst) != epoch || !self.owes_ack(first, epoch)
             });
             if rekick == Rekick::Enabled && timed_out {
