@@ -15,7 +15,7 @@
 //! `resume_scaling.svg` (log-log) into `target/bench/scaling` (or `--out DIR`).
 //!
 //! Usage: `cargo bench -p vmm --bench bench_scaling -- [--cycles N] [--vcpus 1,2,...]
-//! [--out DIR]` (default 200 cycles; fewer for the spinning kind above 32 vCPUs, where a
+//! [--kinds halted,spinning] [--out DIR]` (default 200 cycles; fewer for the spinning kind above 32 vCPUs, where a
 //! cycle waits for hundreds of threads on the host's CPUs). Needs /dev/kvm (any kind: the
 //! synthetic guest runs on kvm_pvm). A measurement, not a test.
 
@@ -172,6 +172,7 @@ fn plot(path: &Path, what: &str, rows: &[Row], pick: fn(&Row) -> &Vec<f64>) -> P
 fn main() {
     let mut cycles = 200usize;
     let mut counts = vec![1usize, 2, 4, 8, 16, 32, 64, 128, 254];
+    let mut kinds = vec![Kind::Halted, Kind::Spinning];
     let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench/scaling");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -187,9 +188,19 @@ fn main() {
             "--cycles" => cycles = num(&val()),
             "--vcpus" => counts = val().split(',').map(num).collect(),
             "--out" => out = PathBuf::from(val()),
+            "--kinds" => {
+                kinds = val()
+                    .split(',')
+                    .map(|k| match k {
+                        "halted" => Kind::Halted,
+                        "spinning" => Kind::Spinning,
+                        other => fail(&format!("unknown kind {other:?} (halted, spinning)")),
+                    })
+                    .collect()
+            }
             "--bench" => {}
             other => fail(&format!(
-                "unknown argument {other:?} (--cycles N --vcpus 1,2,4 --out DIR)"
+                "unknown argument {other:?} (--cycles N --vcpus 1,2,4 --kinds halted,spinning --out DIR)"
             )),
         }
     }
@@ -211,7 +222,7 @@ fn main() {
         "resume p99"
     );
     let mut rows = Vec::new();
-    for kind in [Kind::Halted, Kind::Spinning] {
+    for &kind in &kinds {
         let spec = match kind {
             Kind::Halted => GuestSpec::halter(),
             Kind::Spinning => GuestSpec::spinner(),
@@ -244,7 +255,7 @@ fn main() {
             }
         }
     }
-    for kind in [Kind::Halted, Kind::Spinning] {
+    for &kind in &kinds {
         let k: Vec<&Row> = rows.iter().filter(|r| r.kind == kind).collect();
         if let (Some(a), Some(b)) = (k.first(), k.last()) {
             if b.vcpus > a.vcpus {

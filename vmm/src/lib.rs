@@ -16,6 +16,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod sched;
 pub mod seccomp;
 pub mod signals;
 pub mod terminal;
