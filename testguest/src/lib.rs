@@ -30,8 +30,14 @@
 //! The VMM's loader (`vmm::vm::loader::load_kernel`) loads it like an ELF vmlinux: one `PT_LOAD`
 //! segment at [`CODE_ADDR`], entered at its first byte in 64-bit mode with the backend's
 //! identity map of the first 4 GiB, so the code reaches the hotplug window directly.
+//!
+//! A second guest, [`spin_image`], boots in QEMU too and starts its APs itself (for
+//! comparing the two VMMs on one guest); it is assembled from `spinner/spinner.S` by the
+//! build script.
 
 #![deny(missing_docs)]
+
+pub mod spin_image;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -258,6 +258,8 @@ pub struct Vm {
     /// Reaps (joins of ejected vCPU threads) during which a pause was in force or began.
     pauses_during_reap: AtomicU64,
     boot_vcpus: usize,
+    /// The APs start like the BSP (see [`VmConfig::aps_at_entry`]).
+    aps_at_entry: bool,
     max_vcpus: usize,
     memory_size: u64,
     api_socket: Option<std::path::PathBuf>,
@@ -396,15 +398,26 @@ impl Vm {
             stopping: AtomicBool::new(false),
             pauses_during_reap: AtomicU64::new(0),
             boot_vcpus: config.boot_vcpus,
+            aps_at_entry: config.aps_at_entry,
             max_vcpus: config.max_vcpus,
             memory_size: config.memory_size,
             api_socket: config.api_socket.clone(),
         })
     }
 
-    /// Starts the boot vCPUs (vCPU 0, the BSP, first).
+    /// Starts the boot vCPUs. The APs come first when they wait for INIT/SIPI, so that
+    /// every boot vCPU exists in KVM before the BSP runs, as on a real machine: a guest
+    /// whose BSP broadcasts INIT/SIPI at once would otherwise miss the APs not created yet
+    /// (KVM delivers an IPI only to vCPUs that exist). APs that start like the BSP
+    /// (`aps_at_entry`) come after it, since its setup writes the page tables they run on.
     pub fn start(&self) -> Result<(), Error> {
-        for i in 0..self.boot_vcpus {
+        let n = self.boot_vcpus;
+        let order: Vec<usize> = if self.aps_at_entry {
+            (0..n).collect()
+        } else {
+            (1..n).chain(0..1).collect()
+        };
+        for i in order {
             self.vcpus.start(i)?;
         }
         log::info!(
