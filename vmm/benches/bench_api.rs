@@ -1,17 +1,17 @@
 //! Pause and resume as a client of the control API sees them: the real `vmm` binary with
-//! the synthetic spinner guest, driven over its socket, on one persistent (keep-alive)
+//! the spin image (`vmm_testguest::spin_image`: every vCPU spins), driven over its socket, on one persistent (keep-alive)
 //! connection and on a new connection per request (what `vmm remote` and `curl` do). The
 //! two are interleaved in blocks of 10 cycles (ABAB), so a slow phase of this shared host
 //! hits both alike. Prints median/p90/p99/max per metric and the new/persistent ratio.
 //!
 //! Usage: `cargo bench -p vmm --bench bench_api [-- CYCLES [VCPUS]]` (default 1000, 1).
-//! Needs /dev/kvm (any kind: the spinner runs on kvm_pvm). A measurement, not a test.
+//! Needs /dev/kvm (any kind: the spin image runs on kvm_pvm). A measurement, not a test.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use vmm::api::{client, Connection, Request};
-use vmm_testguest::{GuestFile, GuestSpec};
+use vmm_testguest::spin_image;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const BLOCK: usize = 10;
@@ -86,10 +86,9 @@ fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let cycles: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let vcpus: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
-    let guest = GuestFile::create(&GuestSpec::spinner())
-        .unwrap_or_else(|e| fail(&format!("cannot write the spinner guest: {e}")));
+    let image = spin_image::path().unwrap_or_else(|e| fail(&e.to_string()));
     let socket = std::env::temp_dir().join(format!("vmm-bench-api-{}.sock", std::process::id()));
-    let _vmm = start(guest.path(), &socket, vcpus);
+    let _vmm = start(image, &socket, vcpus);
     let mut conn =
         Connection::connect(&socket).unwrap_or_else(|e| fail(&format!("cannot connect: {e}")));
     let (mut kept, mut fresh) = (Side::default(), Side::default());

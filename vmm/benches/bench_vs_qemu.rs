@@ -1,29 +1,38 @@
-//! Side by side with QEMU, in one run, on the same Debian guest (kernel and initramfs of
-//! `scripts/guest.sh`): our `vmm` against `qemu-system-x86_64 -accel kvm -cpu host`.
+//! Side by side with QEMU, in one run: our `vmm` against `qemu-system-x86_64 -accel kvm
+//! -cpu host`, on the same guests.
 //!
 //! Metrics, each measured on both sides in alternating blocks (ABAB: ours, QEMU, ours, ...)
-//! so that a slow phase of a shared host hits both alike, with the same random gaps:
+//! so that a slow phase of a shared host hits both alike, with the same random gaps. Two
+//! groups, chosen with `--metrics control,guest` (default both):
 //!
-//! * **boot**: from spawning the VMM to the guest's `VMTEST-INIT-OK` on the serial port,
-//!   1 vCPU, 512 MiB (QEMU: the `pc` machine with qboot, its fastest firmware);
-//! * **pause** and **resume** as a client of the control socket sees them, on a guest that
-//!   keeps every vCPU busy (`vmtest.mode=spin`), for 1, 2 and 4 vCPUs: our REST API
-//!   (`PUT /api/v1/vm.pause`, `vm.resume`) against QMP (`stop`, `cont`), both on one
-//!   persistent connection, and on a new connection per request (QMP's greeting and
-//!   capabilities negotiation included: what a one-shot client pays). While one side is
-//!   measured the other VM is paused, so only one guest spins at a time;
-//! * **hot-add**: one CPU, from the request (`vm.resize` 1 -> 2; QMP `device_add` of the
-//!   slot `query-hotpluggable-cpus` offers) to the reply, and to the guest reporting it
-//!   online (`vmtest.mode=watch`: the guest's init onlines it on its uevent); then the
-//!   CPU is removed again (`vm.resize` to 1; `device_del`) before the next round.
+//! * **control**, on the spin image of `vmm_testguest::spin_image` (built by this
+//!   workspace; both VMMs boot it, it starts its APs with INIT/SIPI and keeps every vCPU
+//!   spinning in guest mode). Runs on any KVM, this project's `kvm_pvm` hosts included:
+//!   * **pause** and **resume** as a client of the control socket sees them, for 1, 2 and
+//!     4 vCPUs: our REST API (`PUT /api/v1/vm.pause`, `vm.resume`) against QMP (`stop`,
+//!     `cont`), both on one persistent connection, and on a new connection per request
+//!     (QMP's greeting and capabilities negotiation included: what a one-shot client
+//!     pays). While one side is measured the other VM is paused, so only one guest spins;
+//!   * **hot-add, reply**: one more CPU per round (`vm.resize` to n + 1; QMP `device_add`
+//!     of the slot `query-hotpluggable-cpus` offers), from the request to the reply. The
+//!     image ignores added CPUs, so none is removed between rounds.
+//! * **guest**, on the Debian kernel and initramfs of `scripts/guest.sh`, where the KVM
+//!   runs Linux (a hardware host, or the nested-KVM lab):
+//!   * **boot**: from spawning the VMM to the guest's `VMTEST-INIT-OK` on the serial port,
+//!     1 vCPU, 512 MiB (QEMU: the `pc` machine with qboot, its fastest firmware);
+//!   * **hot-add to online**: one CPU (`vm.resize` 1 -> 2; `device_add`), from the request
+//!     to the reply and to the guest reporting it online (`vmtest.mode=watch`: the guest's
+//!     init onlines it on its uevent); then it is removed again (`vm.resize` to 1;
+//!     `device_del`) before the next round.
 //!
 //! Prints, per metric, median/p90/p99/max for each side and the ratios ours/QEMU, and
 //! writes one SVG per metric (latency CDFs, both sides on one chart) plus the pause median
 //! against the vCPU count, into `target/bench/vs_qemu` (or `--out DIR`).
 //!
-//! Usage: `cargo bench -p vmm --bench bench_vs_qemu -- [--cycles N] [--boots N]
-//! [--rounds N] [--vcpus 1,2,4] [--out DIR]`, where the host's KVM runs Linux; elsewhere
-//! through the nested-KVM lab (both VMMs then run on L1's kvm_amd):
+//! Usage: `cargo bench -p vmm --bench bench_vs_qemu -- [--metrics control,guest]
+//! [--cycles N] [--boots N] [--rounds N] [--vcpus 1,2,4] [--out DIR]`; the guest group
+//! where the host's KVM runs Linux, elsewhere through the nested-KVM lab (both VMMs then
+//! run on L1's kvm_amd):
 //! `CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/kvm-lab.sh --timeout 3000 --" cargo bench ...`.
 //! Without `qemu-system-x86_64` it says so and measures ours alone. A measurement, not a
 //! test: it prints figures and asserts nothing about them.
@@ -38,6 +47,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use vmm_testguest::spin_image;
 
 const DEADLINE: Duration = Duration::from_secs(180);
 const BLOCK: usize = 10;
@@ -51,6 +61,8 @@ fn fail(msg: &str) -> ! {
 }
 
 struct Opts {
+    control: bool,
+    guest: bool,
     cycles: usize,
     boots: usize,
     rounds: usize,
@@ -60,6 +72,8 @@ struct Opts {
 
 fn opts() -> Opts {
     let mut o = Opts {
+        control: true,
+        guest: true,
         cycles: 200,
         boots: 5,
         rounds: 10,
@@ -77,6 +91,16 @@ fn opts() -> Opts {
                 .unwrap_or_else(|_| fail(&format!("not a count: {s:?}")))
         };
         match a.as_str() {
+            "--metrics" => {
+                (o.control, o.guest) = (false, false);
+                for m in val().split(',') {
+                    match m {
+                        "control" => o.control = true,
+                        "guest" => o.guest = true,
+                        other => fail(&format!("unknown metrics {other:?} (control, guest)")),
+                    }
+                }
+            }
             "--cycles" => o.cycles = num(val()),
             "--boots" => o.boots = num(val()),
             "--rounds" => o.rounds = num(val()),
@@ -84,7 +108,8 @@ fn opts() -> Opts {
             "--out" => o.out = PathBuf::from(val()),
             "--bench" => {}
             other => fail(&format!(
-                "unknown argument {other:?} (--cycles N --boots N --rounds N --vcpus 1,2,4 --out DIR)"
+                "unknown argument {other:?} (--metrics control,guest --cycles N --boots N \
+                 --rounds N --vcpus 1,2,4 --out DIR)"
             )),
         }
     }
@@ -197,30 +222,47 @@ fn socket_path(side: Side, what: &str) -> PathBuf {
     ))
 }
 
-fn spawn(side: Side, g: &Guest, boot: usize, max: usize, mode: &str, what: &str) -> Running {
+/// What a VM of the bench boots.
+#[derive(Clone, Copy)]
+enum Boot<'a> {
+    /// The Debian kernel and initramfs of `scripts/guest.sh`, with `vmtest.mode=...`.
+    Debian(&'a Guest, &'a str),
+    /// The spin image (no OS: every vCPU spins; serial markers only).
+    Spin(&'a Path),
+}
+
+fn spawn(side: Side, boot: Boot, n: usize, max: usize, what: &str) -> Running {
     let socket = socket_path(side, what);
     let _ = std::fs::remove_file(&socket);
-    let proc = match side {
-        Side::Ours => {
-            let cpus = format!("boot={boot},max={max}");
-            let sock = socket.display().to_string();
-            VmmProcess::boot(
-                g,
-                &[
-                    "--cpus",
-                    &cpus,
-                    "--memory",
-                    "size=512M",
-                    "--cmdline",
-                    mode,
-                    "--api-socket",
-                    &sock,
-                ],
-            )
-        }
-        Side::Qemu => {
-            let smp = format!("{boot},maxcpus={max}");
-            let qmp = format!("unix:{},server=on,wait=off", socket.display());
+    let cpus = format!("boot={n},max={max}");
+    let sock = socket.display().to_string();
+    let qmp = format!("unix:{sock},server=on,wait=off");
+    let proc = match (side, boot) {
+        (Side::Ours, Boot::Debian(g, mode)) => VmmProcess::boot(
+            g,
+            &[
+                "--cpus",
+                &cpus,
+                "--memory",
+                "size=512M",
+                "--cmdline",
+                mode,
+                "--api-socket",
+                &sock,
+            ],
+        ),
+        (Side::Ours, Boot::Spin(image)) => VmmProcess::spawn(&[
+            "--kernel",
+            &image.display().to_string(),
+            "--cpus",
+            &cpus,
+            "--memory",
+            "size=128M",
+            "--api-socket",
+            &sock,
+        ]),
+        (Side::Qemu, Boot::Debian(g, mode)) => {
+            let smp = format!("{n},maxcpus={max}");
             let append = format!("{QEMU_CMDLINE} {mode}");
             let kernel = g.kernel.display().to_string();
             let initrd = g.initramfs.display().to_string();
@@ -256,6 +298,11 @@ fn spawn(side: Side, g: &Guest, boot: usize, max: usize, mode: &str, what: &str)
                     &qmp,
                 ],
             )
+        }
+        (Side::Qemu, Boot::Spin(image)) => {
+            let mut args = spin_image::qemu_args(image, n, max);
+            args.extend(["-no-user-config", "-qmp", &qmp].map(String::from));
+            VmmProcess::spawn_program(QEMU.as_ref(), &args)
         }
     };
     Running {
@@ -385,6 +432,24 @@ impl Running {
                 self.side.name(),
                 self.proc.diagnostics()
             )),
+        }
+    }
+
+    /// Waits until the spin image reports every one of its `n` boot CPUs up.
+    fn wait_spinning(&self, n: usize) {
+        let mut up = std::collections::BTreeSet::new();
+        let mut at = 0;
+        while up.len() < n {
+            at = self.wait_line(at, &format!("{n} spinning CPUs"), |l| {
+                spin_image::marker_apic_id(l).is_some()
+            });
+            up.extend(
+                self.proc
+                    .lines()
+                    .get(at)
+                    .and_then(|l| spin_image::marker_apic_id(l)),
+            );
+            at += 1;
         }
     }
 
@@ -568,7 +633,8 @@ fn bench_boot(g: &Guest, sides: &[Side], boots: usize) -> Metric {
     for i in 0..boots {
         for &side in sides {
             let t = Instant::now();
-            let vm = spawn(side, g, 1, 1, "vmtest.mode=poweroff", &format!("boot{i}"));
+            let boot = Boot::Debian(g, "vmtest.mode=poweroff");
+            let vm = spawn(side, boot, 1, 1, &format!("boot{i}"));
             vm.wait_line(0, "VMTEST-INIT-OK", |l| l == "VMTEST-INIT-OK");
             m.push(side, t.elapsed());
             let mut vm = vm;
@@ -581,15 +647,15 @@ fn bench_boot(g: &Guest, sides: &[Side], boots: usize) -> Metric {
     m
 }
 
-/// Pause and resume on spinning guests with `n` vCPUs: (pause, resume) on a persistent
+/// Pause and resume of the spin image with `n` vCPUs: (pause, resume) on a persistent
 /// connection, then on a new connection per request.
-fn bench_pause(g: &Guest, sides: &[Side], n: usize, cycles: usize) -> [Metric; 4] {
+fn bench_pause(image: &Path, sides: &[Side], n: usize, cycles: usize) -> [Metric; 4] {
     let mut vms: Vec<Running> = sides
         .iter()
-        .map(|&s| spawn(s, g, n, n, "vmtest.mode=spin", &format!("spin{n}")))
+        .map(|&s| spawn(s, Boot::Spin(image), n, n, &format!("spin{n}")))
         .collect();
     for vm in &mut vms {
-        vm.wait_line(0, "VMTEST-SPIN", |l| l.starts_with("VMTEST-SPIN"));
+        vm.wait_spinning(n);
         vm.connect()
             .unwrap_or_else(|e| fail(&format!("{}: {e}", vm.side.name())));
         // Only the side being measured runs.
@@ -635,11 +701,38 @@ fn bench_pause(g: &Guest, sides: &[Side], n: usize, cycles: usize) -> [Metric; 4
     out
 }
 
-/// Hot-add of one CPU to a 1-vCPU guest (max 2): [reply, guest online].
+/// Hot-add of one CPU per round to the spin image (1 boot vCPU, at most 1 + `rounds`),
+/// from the request to the reply.
+fn bench_hot_add_reply(image: &Path, sides: &[Side], rounds: usize) -> Metric {
+    let mut vms: Vec<Running> = sides
+        .iter()
+        .map(|&s| spawn(s, Boot::Spin(image), 1, 1 + rounds, "hotadd-reply"))
+        .collect();
+    for vm in &mut vms {
+        vm.wait_spinning(1);
+        vm.connect()
+            .unwrap_or_else(|e| fail(&format!("{}: {e}", vm.side.name())));
+    }
+    let mut out = Metric::default();
+    for _ in 0..rounds {
+        for vm in &mut vms {
+            let t = Instant::now();
+            vm.hot_add()
+                .unwrap_or_else(|e| fail(&format!("{}: hot-add: {e}", vm.side.name())));
+            out.push(vm.side, t.elapsed());
+        }
+    }
+    for vm in vms {
+        vm.stop();
+    }
+    out
+}
+
+/// Hot-add of one CPU to a 1-vCPU Debian guest (max 2): [reply, guest online].
 fn bench_hot_add(g: &Guest, sides: &[Side], rounds: usize) -> [Metric; 2] {
     let mut vms: Vec<Running> = sides
         .iter()
-        .map(|&s| spawn(s, g, 1, 2, "vmtest.mode=watch", "hotadd"))
+        .map(|&s| spawn(s, Boot::Debian(g, "vmtest.mode=watch"), 1, 2, "hotadd"))
         .collect();
     let mut cursor = Vec::new();
     let settled = |n: usize| {
@@ -690,7 +783,12 @@ fn bench_hot_add(g: &Guest, sides: &[Side], rounds: usize) -> [Metric; 2] {
 
 fn main() {
     let o = opts();
-    let g = guest();
+    // Our VMM logs one INFO line per pause and resume on stderr, which this process reads
+    // on a thread of its own that would compete with the measured request; QEMU logs
+    // nothing. Warnings still come through.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
     let qemu_ok = std::process::Command::new(QEMU)
         .arg("--version")
         .output()
@@ -703,35 +801,50 @@ fn main() {
     };
     std::fs::create_dir_all(&o.out)
         .unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", o.out.display())));
-    println!(
-        "bench_vs_qemu: {} boots, {} pause/resume cycles per vCPU count and connection kind \
-         (blocks of {BLOCK}, alternating), {} hot-add rounds; guest {}",
-        o.boots,
-        o.cycles,
-        o.rounds,
-        g.kernel.display()
-    );
     let mut table: Vec<(String, Metric)> = Vec::new();
-    table.push((
-        "boot to init, 1 vCPU".into(),
-        bench_boot(&g, &sides, o.boots),
-    ));
     let mut curve = Vec::new();
-    for &n in &o.vcpus {
-        let [p, r, pn, rn] = bench_pause(&g, &sides, n, o.cycles);
-        curve.push((
-            n,
-            quantile(&p.ours, 0.5),
-            (!p.qemu.is_empty()).then(|| quantile(&p.qemu, 0.5)),
+    if o.control {
+        let image = spin_image::path().unwrap_or_else(|e| fail(&e.to_string()));
+        println!(
+            "bench_vs_qemu: control: {} pause/resume cycles per vCPU count and connection \
+             kind (blocks of {BLOCK}, alternating), {} hot-add rounds; guest {}",
+            o.cycles,
+            o.rounds,
+            image.display()
+        );
+        for &n in &o.vcpus {
+            let [p, r, pn, rn] = bench_pause(image, &sides, n, o.cycles);
+            curve.push((
+                n,
+                quantile(&p.ours, 0.5),
+                (!p.qemu.is_empty()).then(|| quantile(&p.qemu, 0.5)),
+            ));
+            table.push((format!("pause, {n} vCPU(s)"), p));
+            table.push((format!("resume, {n} vCPU(s)"), r));
+            table.push((format!("pause, {n} vCPU(s), new conn"), pn));
+            table.push((format!("resume, {n} vCPU(s), new conn"), rn));
+        }
+        table.push((
+            "hot-add, reply".into(),
+            bench_hot_add_reply(image, &sides, o.rounds),
         ));
-        table.push((format!("pause, {n} vCPU(s)"), p));
-        table.push((format!("resume, {n} vCPU(s)"), r));
-        table.push((format!("pause, {n} vCPU(s), new conn"), pn));
-        table.push((format!("resume, {n} vCPU(s), new conn"), rn));
     }
-    let [reply, online] = bench_hot_add(&g, &sides, o.rounds);
-    table.push(("hot-add 1 -> 2, reply".into(), reply));
-    table.push(("hot-add 1 -> 2, guest online".into(), online));
+    if o.guest {
+        let g = guest();
+        println!(
+            "bench_vs_qemu: guest: {} boots, {} hot-add rounds; guest {}",
+            o.boots,
+            o.rounds,
+            g.kernel.display()
+        );
+        table.push((
+            "boot to init, 1 vCPU".into(),
+            bench_boot(&g, &sides, o.boots),
+        ));
+        let [reply, online] = bench_hot_add(&g, &sides, o.rounds);
+        table.push(("Linux hot-add 1 -> 2, reply".into(), reply));
+        table.push(("Linux hot-add 1 -> 2, guest online".into(), online));
+    }
 
     print_header();
     for (name, m) in &table {
@@ -753,10 +866,12 @@ fn main() {
             Err(e) => fail(&format!("plot {}: {e}", path.display())),
         }
     }
-    let path = o.out.join("pause_vs_vcpus.svg");
-    plot_pause_curve(&path, &curve)
-        .unwrap_or_else(|e| fail(&format!("plot {}: {e}", path.display())));
-    written.push(path);
+    if !curve.is_empty() {
+        let path = o.out.join("pause_vs_vcpus.svg");
+        plot_pause_curve(&path, &curve)
+            .unwrap_or_else(|e| fail(&format!("plot {}: {e}", path.display())));
+        written.push(path);
+    }
     println!("plots: {}", o.out.display());
     for p in written {
         println!("  {}", p.display());

@@ -16,7 +16,6 @@
 pub mod api;
 pub mod cli;
 pub mod config;
-pub mod sched;
 pub mod seccomp;
 pub mod signals;
 pub mod terminal;

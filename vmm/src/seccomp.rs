@@ -147,9 +147,6 @@ const API: &[i64] = &[
     libc::SYS_clone3,
     libc::SYS_prctl,
     libc::SYS_seccomp,
-    // The blocking pool's threads ask for a short scheduler slice as they start (`sched`).
-    libc::SYS_sched_getattr,
-    libc::SYS_sched_setattr,
 ];
 
 /// The main thread once the VM runs: joins, KVM fds closed at exit, the API server's

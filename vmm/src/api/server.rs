@@ -140,7 +140,6 @@ impl ApiServer {
             .enable_io()
             .enable_time()
             .thread_name("api-blocking")
-            .on_thread_start(|| crate::sched::control_thread("api-blocking"))
             .build()
             .map_err(io_err("cannot start the server runtime for"))
             .map_err(cleanup)?;
@@ -149,7 +148,6 @@ impl ApiServer {
         let thread = std::thread::Builder::new()
             .name("api-server".into())
             .spawn(move || {
-                crate::sched::control_thread("api-server");
                 // The blocking pool's threads (and vCPU threads hot-added from them) are
                 // spawned from here and inherit this filter.
                 crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Api);
