@@ -327,18 +327,24 @@ impl GuestFile {
     /// RAM. The APs wait for INIT/SIPI as on a real machine (set
     /// [`VmConfig::aps_at_entry`] to make them all run the guest code).
     pub fn config(&self, boot: usize, max: usize) -> VmConfig {
-        VmConfig {
-            kernel: self.path.clone(),
-            initramfs: None,
-            cmdline: None,
-            boot_vcpus: boot,
-            max_vcpus: max,
-            memory_size: MIN_MEMORY,
-            api_socket: None,
-            serial: Default::default(),
-            aps_at_entry: false,
-            seccomp: Default::default(),
-        }
+        kernel_config(&self.path, boot, max)
+    }
+}
+
+/// A VM booting `kernel` alone (no initramfs, no command line) with `boot` of `max` vCPUs
+/// and the minimum RAM; the APs wait for INIT/SIPI. Both test guests boot this way.
+fn kernel_config(kernel: &Path, boot: usize, max: usize) -> VmConfig {
+    VmConfig {
+        kernel: kernel.to_path_buf(),
+        initramfs: None,
+        cmdline: None,
+        boot_vcpus: boot,
+        max_vcpus: max,
+        memory_size: MIN_MEMORY,
+        api_socket: None,
+        serial: Default::default(),
+        aps_at_entry: false,
+        seccomp: Default::default(),
     }
 }
 

@@ -55,7 +55,6 @@
 use std::path::Path;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::config::VmConfig;
-use vmm::vm::layout::MIN_MEMORY;
 
 /// Where the image's only loadable segment starts (the ELF's `p_paddr`): 1 MiB, the
 /// lowest address our VMM's loader accepts.
@@ -130,18 +129,7 @@ pub fn counter(mem: &GuestMemoryMmap, apic_id: usize) -> u64 {
 /// A VM configuration booting the image with `boot` of `max` vCPUs and the minimum RAM;
 /// the APs wait for the guest's INIT/SIPI.
 pub fn config(boot: usize, max: usize) -> Result<VmConfig, SpinImageError> {
-    Ok(VmConfig {
-        kernel: path()?.to_path_buf(),
-        initramfs: None,
-        cmdline: None,
-        boot_vcpus: boot,
-        max_vcpus: max,
-        memory_size: MIN_MEMORY,
-        api_socket: None,
-        serial: Default::default(),
-        aps_at_entry: false,
-        seccomp: Default::default(),
-    })
+    Ok(crate::kernel_config(path()?, boot, max))
 }
 
 /// Arguments for `qemu-system-x86_64` booting `image` with `boot` of `max` CPUs, serial on
@@ -265,7 +253,7 @@ mod tests {
 
     #[test]
     fn our_loader_takes_it_at_its_address() {
-        let mem = vmm::vm::memory::create_guest_memory(MIN_MEMORY).unwrap();
+        let mem = vmm::vm::memory::create_guest_memory(vmm::vm::layout::MIN_MEMORY).unwrap();
         let k = load_kernel(&mem, image_path()).unwrap();
         assert_eq!(k.format, KernelFormat::Elf);
         assert!(k.entry.0 >= IMAGE_ADDR);

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{guest_slot, kvm_available};
+use common::{guest_slot, kvm_available, wait_until};
 use kvm_backend::Fault;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,17 +24,6 @@ use vmm::vm::{Outcome, Vm};
 use vmm_testguest::{progress, GuestFile, GuestSpec};
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    true
-}
 
 struct Running {
     vm: Arc<Vm>,

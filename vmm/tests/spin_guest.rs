@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{guest_slot, kvm_available, VmmProcess};
+use common::{guest_slot, kvm_available, wait_until, VmmProcess};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,19 +39,6 @@ const PROGRESS_DEADLINE: Duration = Duration::from_secs(5);
 
 fn image() -> &'static std::path::Path {
     spin_image::path().unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// The APIC IDs announced in `lines`, sorted (repeats kept).

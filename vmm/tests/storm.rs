@@ -28,7 +28,7 @@
 
 mod common;
 
-use common::{guest_slot, kvm_available};
+use common::{guest_slot, kvm_available, wait_until};
 use kvm_backend::{BackendConfig, BootEntry, ExitHandler, GuestStop, KvmBackend, KvmVm};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -54,19 +54,6 @@ fn cycles(default: u64) -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(50));
-    }
 }
 
 /// Serial output sink that only counts bytes (the guest writes '.' every 1024 rounds).

@@ -54,6 +54,20 @@ pub fn guest() -> Guest {
     g
 }
 
+/// Polls `f` until it holds (true) or `timeout` passes (false).
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
 /// Whether real-KVM tests should run. Without /dev/kvm they fail with a clear message,
 /// unless VMM_ALLOW_NO_KVM=1 says skipping is acceptable (then this returns false).
 pub fn kvm_available() -> bool {
