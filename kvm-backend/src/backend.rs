@@ -186,6 +186,11 @@ impl KvmBackend {
         self.inner.all_vcpus_boot.store(on, Ordering::SeqCst);
     }
 
+    /// Whether every vCPU starts like the BSP (see [`KvmBackend::set_all_vcpus_boot`]).
+    pub fn all_vcpus_boot(&self) -> bool {
+        self.inner.all_vcpus_boot.load(Ordering::SeqCst)
+    }
+
     /// Tests only: arms `fault` for vCPU `index` (`None` clears it; a stalled vCPU then
     /// goes on). Out-of-range indices are ignored. A `RunFails` fires once.
     #[doc(hidden)]
@@ -198,7 +203,7 @@ impl KvmBackend {
 
     /// Whether vCPU `index` starts like the BSP (see [`KvmBackend::set_all_vcpus_boot`]).
     fn boots_like_bsp(&self, index: usize) -> bool {
-        index == 0 || self.inner.all_vcpus_boot.load(Ordering::SeqCst)
+        index == 0 || self.all_vcpus_boot()
     }
 
     fn slot(&self, index: usize) -> Result<&VcpuSlot, Error> {

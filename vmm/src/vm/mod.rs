@@ -258,8 +258,6 @@ pub struct Vm {
     /// Reaps (joins of ejected vCPU threads) during which a pause was in force or began.
     pauses_during_reap: AtomicU64,
     boot_vcpus: usize,
-    /// The APs start like the BSP (see [`VmConfig::aps_at_entry`]).
-    aps_at_entry: bool,
     max_vcpus: usize,
     memory_size: u64,
     api_socket: Option<std::path::PathBuf>,
@@ -398,7 +396,6 @@ impl Vm {
             stopping: AtomicBool::new(false),
             pauses_during_reap: AtomicU64::new(0),
             boot_vcpus: config.boot_vcpus,
-            aps_at_entry: config.aps_at_entry,
             max_vcpus: config.max_vcpus,
             memory_size: config.memory_size,
             api_socket: config.api_socket.clone(),
@@ -409,10 +406,11 @@ impl Vm {
     /// every boot vCPU exists in KVM before the BSP runs, as on a real machine: a guest
     /// whose BSP broadcasts INIT/SIPI at once would otherwise miss the APs not created yet
     /// (KVM delivers an IPI only to vCPUs that exist). APs that start like the BSP
-    /// (`aps_at_entry`) come after it, since its setup writes the page tables they run on.
+    /// (`aps_at_entry`, or the backend told so directly) come after it, since its setup
+    /// writes the page tables they run on.
     pub fn start(&self) -> Result<(), Error> {
         let n = self.boot_vcpus;
-        let order: Vec<usize> = if self.aps_at_entry {
+        let order: Vec<usize> = if self.vcpus.backend().all_vcpus_boot() {
             (0..n).collect()
         } else {
             (1..n).chain(0..1).collect()
