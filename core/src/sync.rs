@@ -37,6 +37,31 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
+/// Polls `done()` for up to `limit` and returns its last answer. Under loom it is one
+/// look: spinning adds no interleaving a model would not already explore.
+pub fn spin_until(limit: Duration, done: impl Fn() -> bool) -> bool {
+    #[cfg(loom)]
+    {
+        let _ = limit;
+        done()
+    }
+    #[cfg(not(loom))]
+    {
+        let start = std::time::Instant::now();
+        loop {
+            if done() {
+                return true;
+            }
+            if start.elapsed() >= limit {
+                return false;
+            }
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
 /// Sleeps until `cv` is notified, `slice` has passed, or `done()` holds. `done` is checked
 /// under `m`, so a notifier that changes state and then notifies under `m` is never missed.
 /// While asleep the caller is counted in `sleepers(&mut *guard)`, so a notifier that finds
@@ -117,6 +142,21 @@ impl Deadline {
             Deadline {
                 at: std::time::Instant::now().checked_add(timeout),
             }
+        }
+    }
+
+    /// The time left, at most `cap` (`cap` itself under loom, where time does not pass).
+    pub fn left(&self, cap: Duration) -> Duration {
+        #[cfg(loom)]
+        {
+            cap
+        }
+        #[cfg(not(loom))]
+        {
+            self.at.map_or(cap, |at| {
+                at.saturating_duration_since(std::time::Instant::now())
+                    .min(cap)
+            })
         }
     }
 

@@ -18,11 +18,16 @@ use crate::slot::{
     Life, Location, SlotReport, FLAG_REMOVAL_SEEN, FLAG_REMOVE_REQUESTED, STATUS_INSERTING,
     STATUS_REMOVING,
 };
-use crate::sync::{lock, Arc, Deadline, Mutex, Ordering};
+use crate::sync::{lock, spin_until, Arc, Deadline, Mutex, Ordering};
 use std::time::Duration;
 
 /// How long a pauser sleeps between re-kicks of vCPUs that have not acknowledged.
 pub const REKICK_INTERVAL: Duration = Duration::from_millis(2);
+
+/// How long a pauser polls for acknowledgements before it sleeps, when the host has a CPU
+/// to spare for it (see [`Vcpus::pause`]): a little more than a vCPU of a small VM takes
+/// to leave the guest and acknowledge on this project's hosts (about 30 µs).
+pub const PAUSE_SPIN: Duration = Duration::from_micros(50);
 
 /// How long a pause waits past its deadline, once, before reporting a timeout (see
 /// [`Vcpus::pause`]).
@@ -37,6 +42,15 @@ pub enum Rekick {
     /// Kick once and wait. Unsound when a kick can be lost; kept as a negative control.
     #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     Disabled,
+}
+
+/// How long a pause waits for its acknowledgements.
+#[derive(Clone, Copy, Debug)]
+enum Wait {
+    /// Up to the timeout plus [`PAUSE_GRACE`], then an error.
+    Full(Duration),
+    /// Up to this patience, then `Ok(false)` with the pause left in force.
+    Brief(Duration),
 }
 
 /// Counters since creation.
@@ -57,6 +71,8 @@ struct Inner<B: Backend> {
     backend: B,
     /// Thread handles, one lock per slot, held only to put or take the handle.
     threads: Box<[Mutex<Option<B::Thread>>]>,
+    /// The CPUs this process may run on, read once: whether a pauser may spin.
+    host_cpus: usize,
 }
 
 /// The core's handle on a VM's vCPUs. Cheap to clone.
@@ -147,6 +163,7 @@ impl<B: Backend> Vcpus<B> {
                 shared: Arc::new(Shared::new(max_vcpus)),
                 backend,
                 threads,
+                host_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             }),
         })
     }
@@ -435,15 +452,34 @@ impl<B: Backend> Vcpus<B> {
     /// then stays in force (the vCPUs that acknowledged stay parked) until `resume()`;
     /// the VMM withdraws a failed pause (`vmm::vm::Vm::pause`).
     pub fn pause(&self, timeout: Duration) -> Result<(), PauseError> {
-        self.pause_with(timeout, Rekick::Enabled)
+        self.pause_with(timeout, Rekick::Enabled).map(|_| ())
+    }
+
+    /// [`Vcpus::pause`] for a caller that must not block long (an event loop that answers
+    /// quick pauses in place): starts a pause or joins the one in force, kicks, and waits
+    /// at most `patience`. `Ok(true)`: every vCPU has acknowledged. `Ok(false)`: some have
+    /// not yet; the pause stays in force, and a later [`Vcpus::pause`] (which joins it)
+    /// waits for the rest, or [`Vcpus::resume`] withdraws it. Nothing is logged on
+    /// `Ok(false)`: running out of patience is not a fault.
+    pub fn try_pause(&self, patience: Duration) -> Result<bool, PauseError> {
+        self.pause_inner(Wait::Brief(patience), Rekick::Enabled)
     }
 
     /// [`Vcpus::pause`] with an explicit re-kick policy (`sim::pause_with`, for the
     /// negative controls).
     pub(crate) fn pause_with(&self, timeout: Duration, rekick: Rekick) -> Result<(), PauseError> {
+        self.pause_inner(Wait::Full(timeout), rekick).map(|_| ())
+    }
+
+    /// Both pauses: `Ok(false)` only when a [`Wait::Brief`] patience ran out.
+    fn pause_inner(&self, wait: Wait, rekick: Rekick) -> Result<bool, PauseError> {
         if let Some(index) = current_vcpu() {
             return Err(PauseError::OnVcpuThread { index });
         }
+        let (timeout, brief) = match wait {
+            Wait::Full(t) => (t, false),
+            Wait::Brief(t) => (t, true),
+        };
         let mut deadline = Deadline::after(timeout);
         let mut grace_left = true;
         let shared = &*self.inner.shared;
@@ -465,7 +501,20 @@ impl<B: Backend> Vcpus<B> {
                 .fetch_add(1, Ordering::Relaxed);
         }
 
-        // Phase 2: wait all, one straggler at a time (each sleep is on that vCPU's own
+        // Phase 2 starts with a short spin when the host has a CPU for the pauser besides
+        // one for each vCPU still owing an acknowledgement (each may be running guest
+        // code): their acknowledgements then skip the wake-up and the pauser keeps its CPU.
+        // With fewer CPUs the spin takes the CPU a kicked vCPU needs to acknowledge on
+        // (measured on 2 CPUs with 2 spinning vCPUs: medians from 0.09 to 3.9 ms).
+        let pending = (0..n).filter(|&i| self.owes_ack(i, epoch)).count();
+        if pending < self.inner.host_cpus {
+            spin_until(PAUSE_SPIN, || {
+                shared.epoch.load(Ordering::SeqCst) != epoch
+                    || (0..n).all(|i| !self.owes_ack(i, epoch))
+            });
+        }
+
+        // Then wait all, one straggler at a time (each sleep is on that vCPU's own
         // bell: every vCPU was kicked in phase 1, so waiting for them in turn costs no more
         // than waiting for the slowest). Stragglers are re-kicked after a slice that timed
         // out, not before the first one: phase 1 kicked them a moment ago.
@@ -476,8 +525,11 @@ impl<B: Backend> Vcpus<B> {
             let pending: Vec<usize> = (0..n).filter(|&i| self.owes_ack(i, epoch)).collect();
             let Some(&first) = pending.first() else {
                 shared.counters.pauses.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
+                return Ok(true);
             };
+            if brief && deadline.passed() {
+                return Ok(false);
+            }
             if deadline.passed() && grace_left {
                 // One more look before giving up: a deadline that passed while the whole
                 // process was stopped (SIGSTOP, a stalled host) gave the vCPUs no chance to
@@ -500,10 +552,15 @@ impl<B: Backend> Vcpus<B> {
                 return Err(PauseError::Timeout(err));
             }
             let slot = &shared.slots[first];
-            let timed_out = slot.wait_for_vcpu(REKICK_INTERVAL, || {
+            let slice = if brief {
+                deadline.left(REKICK_INTERVAL)
+            } else {
+                REKICK_INTERVAL
+            };
+            let timed_out = slot.wait_for_vcpu(slice, || {
                 shared.epoch.load(Ordering::SeqCst) != epoch || !self.owes_ack(first, epoch)
             });
-            if rekick == Rekick::Enabled && timed_out {
+            if rekick == Rekick::Enabled && timed_out && !deadline.passed() {
                 for &i in &pending {
                     if self.owes_ack(i, epoch) {
                         shared.counters.rekicks.fetch_add(1, Ordering::Relaxed);

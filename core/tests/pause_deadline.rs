@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 use vcpu_sync::sim::{GuestOp, KickMode, SimBackend};
-use vcpu_sync::{Life, PauseError, PAUSE_GRACE};
+use vcpu_sync::{Life, Location, PauseError, PAUSE_GRACE};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -57,5 +57,89 @@ fn a_real_straggler_still_times_out_after_the_grace() {
     vcpus.resume();
     vcpus.shutdown(T).expect("shutdown");
     assert!(vcpus.reports().iter().all(|r| r.life == Life::Absent));
+    sim.detach();
+}
+
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + T;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn try_pause_pauses_when_every_vcpu_acknowledges_in_time() {
+    let (vcpus, sim) = SimBackend::create(3, KickMode::ImmediateExit, false);
+    for i in 0..3 {
+        vcpus.start(i).expect("start");
+    }
+    wait_for("vCPUs never entered the guest", || {
+        (0..3).all(|i| sim.entries(i) > 0)
+    });
+    for round in 0..20 {
+        assert!(matches!(vcpus.try_pause(T), Ok(true)), "round {round}");
+        assert!(vcpus.reports().iter().all(|r| r.paused), "round {round}");
+        // Joining the pause in force answers at once.
+        assert!(
+            matches!(vcpus.try_pause(Duration::ZERO), Ok(true)),
+            "round {round}"
+        );
+        assert!(vcpus.resume());
+    }
+    assert_eq!(vcpus.stats().pauses, 40);
+    vcpus.shutdown(T).expect("shutdown");
+    sim.detach();
+}
+
+#[test]
+fn try_pause_out_of_patience_leaves_a_pause_that_pause_finishes_or_resume_withdraws() {
+    let (vcpus, sim) = SimBackend::create(2, KickMode::ImmediateExit, false);
+    vcpus.start(0).expect("start");
+    vcpus.start(1).expect("start");
+    sim.push_ops(1, [GuestOp::Wedge]);
+    wait_for("vCPU 1 never wedged", || {
+        vcpus.report(1).location == Location::InMmio
+    });
+
+    // Out of patience: no error, no grace period, the pause in force, vCPU 0 parked.
+    let started = Instant::now();
+    assert!(matches!(
+        vcpus.try_pause(Duration::from_millis(20)),
+        Ok(false)
+    ));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(20), "{waited:?}");
+    assert!(waited < PAUSE_GRACE, "{waited:?}");
+    assert!(vcpus.is_paused());
+    wait_for("vCPU 0 never parked", || vcpus.report(0).paused);
+    assert!(!vcpus.report(1).paused);
+
+    // Withdrawn: vCPU 0 runs again.
+    assert!(vcpus.resume());
+    let entries = sim.entries(0);
+    wait_for("vCPU 0 never ran again", || sim.entries(0) > entries);
+
+    // Out of patience again; this time a blocking pause joins it and finishes once the
+    // straggler lets go.
+    assert!(matches!(
+        vcpus.try_pause(Duration::from_millis(5)),
+        Ok(false)
+    ));
+    let epoch = vcpus.pause_epoch();
+    let releaser = {
+        let sim = sim.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            sim.release(1);
+        })
+    };
+    vcpus.pause(T).expect("the joined pause completes");
+    assert_eq!(vcpus.pause_epoch(), epoch, "joined, not a new pause");
+    assert!(vcpus.reports().iter().all(|r| r.paused));
+    releaser.join().unwrap();
+    assert_eq!(vcpus.stats().pauses, 1);
+    assert!(vcpus.resume());
+    vcpus.shutdown(T).expect("shutdown");
     sim.detach();
 }

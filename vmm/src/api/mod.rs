@@ -27,10 +27,22 @@ use vcpu_sync::PauseError;
 /// How long a `vm.pause` request waits for every vCPU to acknowledge.
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the server's own thread waits for a pause before it hands the rest of the wait
+/// to a thread that may block: enough for every vCPU of a small VM to acknowledge (tens of
+/// microseconds), short enough not to stall the other connections.
+pub const QUICK_PAUSE: Duration = Duration::from_millis(1);
+
 /// What the API can do to a VM. [`Vm`] implements it; tests use a fake.
 pub trait Control: Send + Sync + 'static {
     /// Pauses every vCPU (idempotent).
     fn pause(&self) -> Result<(), ApiError>;
+    /// Pauses if every vCPU acknowledges within `patience`: `Ok(true)` paused, `Ok(false)`
+    /// not yet (a pause may be under way; [`Control::pause`] finishes it). The default
+    /// never tries.
+    fn try_pause(&self, patience: Duration) -> Result<bool, ApiError> {
+        let _ = patience;
+        Ok(false)
+    }
     /// Ends the pause in force; [`ApiError::NotPaused`] if there is none.
     fn resume(&self) -> Result<(), ApiError>;
     /// Changes the number of present vCPUs.
@@ -76,24 +88,38 @@ impl VmControl {
     }
 }
 
+impl VmControl {
+    fn pause_error(&self, e: Error) -> ApiError {
+        match e {
+            Error::Pause(PauseError::Timeout(t)) => ApiError::PauseTimeout(t),
+            // The VM's own shutdown resumes every vCPU so they can see their stop; a pause
+            // it cancels is reported as what it is, not as a client's concurrent resume.
+            Error::Pause(PauseError::Interrupted) if self.vm.is_stopping() => {
+                ApiError::ShuttingDown
+            }
+            Error::Pause(PauseError::Interrupted) => ApiError::PauseInterrupted,
+            Error::Guest(msg) => ApiError::VmFailed(msg),
+            // The API's threads are never vCPU threads; kept typed all the same.
+            other => ApiError::Vcpu(other.to_string()),
+        }
+    }
+}
+
 impl Control for VmControl {
     fn pause(&self) -> Result<(), ApiError> {
         if self.vm.is_stopping() {
             return Err(ApiError::ShuttingDown);
         }
-        match self.vm.pause(PAUSE_TIMEOUT) {
-            Ok(()) => Ok(()),
-            Err(Error::Pause(PauseError::Timeout(t))) => Err(ApiError::PauseTimeout(t)),
-            // The VM's own shutdown resumes every vCPU so they can see their stop; a pause
-            // it cancels is reported as what it is, not as a client's concurrent resume.
-            Err(Error::Pause(PauseError::Interrupted)) if self.vm.is_stopping() => {
-                Err(ApiError::ShuttingDown)
-            }
-            Err(Error::Pause(PauseError::Interrupted)) => Err(ApiError::PauseInterrupted),
-            Err(Error::Guest(msg)) => Err(ApiError::VmFailed(msg)),
-            // The API's threads are never vCPU threads; kept typed all the same.
-            Err(other) => Err(ApiError::Vcpu(other.to_string())),
+        self.vm
+            .pause(PAUSE_TIMEOUT)
+            .map_err(|e| self.pause_error(e))
+    }
+
+    fn try_pause(&self, patience: Duration) -> Result<bool, ApiError> {
+        if self.vm.is_stopping() {
+            return Err(ApiError::ShuttingDown);
         }
+        self.vm.try_pause(patience).map_err(|e| self.pause_error(e))
     }
 
     fn resume(&self) -> Result<(), ApiError> {
@@ -164,6 +190,27 @@ struct PingBody {
     version: &'static str,
     pid: u32,
     features: [&'static str; 0],
+}
+
+/// Runs `req` if that cannot block for long: the requests that never block, and a pause
+/// every vCPU acknowledges within [`QUICK_PAUSE`]. `None`: run it with [`execute`] where
+/// blocking is fine (a pause left under way is joined there, not started again).
+pub fn execute_quick(control: &dyn Control, req: &Request) -> Option<Result<Reply, ApiError>> {
+    match req {
+        Request::Pause => {
+            let t = Instant::now();
+            match control.try_pause(QUICK_PAUSE) {
+                Ok(true) => {
+                    log::info!("pause took {} µs", t.elapsed().as_micros());
+                    Some(Ok(Reply::no_content()))
+                }
+                Ok(false) => None,
+                Err(e) => Some(Err(e)),
+            }
+        }
+        r if r.may_block() => None,
+        r => Some(execute(control, r)),
+    }
 }
 
 /// Runs one request against `control`. A shutdown is answered by the server before it is

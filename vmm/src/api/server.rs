@@ -1,8 +1,10 @@
 //! The HTTP/1.1 server on the API socket: `hyper` does the HTTP, this module owns the socket
 //! (created mode 0600, stale sockets replaced), the accept loop and the per-connection
-//! bounds. One thread runs a single-threaded `tokio` runtime for every connection; the
-//! [`Control`] calls (a pause waits up to [`super::PAUSE_TIMEOUT`]) run on its blocking
-//! pool, so a slow request never holds up another connection.
+//! bounds. One thread runs a single-threaded `tokio` runtime for every connection. Quick
+//! requests are answered on it, and so is a pause every vCPU acknowledges within
+//! [`super::QUICK_PAUSE`]; the rest of a slower pause (it waits up to
+//! [`super::PAUSE_TIMEOUT`]) and the other [`Control`] calls run on its blocking pool, so a
+//! slow request holds up another connection by at most `QUICK_PAUSE`.
 //!
 //! Bounds: request headers at most [`MAX_HEADER_BUF`] bytes (hyper answers 431 past that),
 //! bodies at most [`MAX_BODY_LEN`] (413) and complete within [`ServerLimits::idle_timeout`]
@@ -15,7 +17,7 @@
 //! for anything else.
 
 use super::request::{parse_request, ApiError, MAX_BODY_LEN};
-use super::{execute, Control, Reply};
+use super::{execute, execute_quick, Control, Reply};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
@@ -533,10 +535,10 @@ async fn handle(
         return error_response(&ApiError::Busy(limits.max_connections));
     }
     log::debug!("control API: {method} {path}");
-    if !request.may_block() {
-        // Answered right here: a hop through the blocking pool and back would cost two
-        // thread wake-ups, each racing the vCPU threads a resume has just woken.
-        return match execute(&*control, &request) {
+    // Answered right here when that is quick: a hop through the blocking pool and back
+    // costs two thread wake-ups, each racing the vCPU threads a resume has just woken.
+    if let Some(answer) = execute_quick(&*control, &request) {
+        return match answer {
             Ok(reply) => reply_response(reply),
             Err(e) => error_response(&e),
         };
@@ -588,7 +590,9 @@ mod tests {
 
     const T: Duration = Duration::from_secs(10);
 
-    /// A VM stand-in: 4 slots, `n` present, a pause flag; `pause` blocks while `hold` is set.
+    /// A VM stand-in: 4 slots, `n` present, a pause flag; `pause` blocks while `hold` is set
+    /// and `try_pause` then runs out of patience (as a real VM's does when its vCPUs are
+    /// slow to acknowledge), otherwise pauses at once.
     struct Fake {
         n: Mutex<usize>,
         paused: AtomicBool,
@@ -596,6 +600,9 @@ mod tests {
         hold: Mutex<bool>,
         released: Condvar,
         pausing: AtomicUsize,
+        /// Calls of `pause` and pauses `try_pause` completed.
+        slow_pauses: AtomicUsize,
+        quick_pauses: AtomicUsize,
     }
 
     impl Fake {
@@ -607,6 +614,8 @@ mod tests {
                 hold: Mutex::new(false),
                 released: Condvar::new(),
                 pausing: AtomicUsize::new(0),
+                slow_pauses: AtomicUsize::new(0),
+                quick_pauses: AtomicUsize::new(0),
             })
         }
 
@@ -617,7 +626,16 @@ mod tests {
     }
 
     impl Control for Fake {
+        fn try_pause(&self, _patience: Duration) -> Result<bool, ApiError> {
+            if *self.hold.lock().unwrap() {
+                return Ok(false);
+            }
+            self.quick_pauses.fetch_add(1, Ordering::SeqCst);
+            self.paused.store(true, Ordering::SeqCst);
+            Ok(true)
+        }
         fn pause(&self) -> Result<(), ApiError> {
+            self.slow_pauses.fetch_add(1, Ordering::SeqCst);
             self.pausing.fetch_add(1, Ordering::SeqCst);
             let g = self.hold.lock().unwrap();
             let _g = self
@@ -829,6 +847,34 @@ mod tests {
         let mut buf = [0u8; 12];
         b.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"HTTP/1.1 200");
+    }
+
+    #[test]
+    fn a_quick_pause_is_answered_in_place_and_a_slow_one_finishes_on_the_pool() {
+        let (server, fake) = start("quick", ServerLimits::default());
+        let path = server.path().to_path_buf();
+        assert_eq!(send(&path, &Request::Pause).status, 204);
+        assert_eq!(fake.quick_pauses.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.slow_pauses.load(Ordering::SeqCst), 0);
+        assert_eq!(send(&path, &Request::Resume).status, 204);
+        // Out of patience: the same request is finished by the blocking `pause`, and the
+        // server keeps answering others meanwhile.
+        fake.set_hold(true);
+        let pauser = {
+            let path = path.clone();
+            std::thread::spawn(move || send(&path, &Request::Pause).status)
+        };
+        let deadline = Instant::now() + T;
+        while fake.pausing.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the slow pause never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(send(&path, &Request::Info).status, 200);
+        fake.set_hold(false);
+        assert_eq!(pauser.join().unwrap(), 204);
+        assert_eq!(fake.quick_pauses.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.slow_pauses.load(Ordering::SeqCst), 1);
+        assert!(fake.paused.load(Ordering::SeqCst));
     }
 
     #[test]

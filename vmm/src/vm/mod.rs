@@ -536,6 +536,30 @@ impl Vm {
         Ok(())
     }
 
+    /// [`Vm::pause`] that waits at most `patience`: `Ok(true)` paused, `Ok(false)` a pause is
+    /// under way but not every vCPU has acknowledged yet ([`Vm::pause`] joins and finishes
+    /// it; [`Vm::resume`] withdraws it). The control API answers quick pauses in place with
+    /// it. With `legacy-wide-lock` it never tries: the negative control must block where
+    /// the old design did.
+    pub fn try_pause(&self, patience: Duration) -> Result<bool, Error> {
+        #[cfg(feature = "legacy-wide-lock")]
+        {
+            let _ = patience;
+            Ok(false)
+        }
+        #[cfg(not(feature = "legacy-wide-lock"))]
+        {
+            if !self.vcpus.try_pause(patience)? {
+                return Ok(false);
+            }
+            if let Some(msg) = self.bus.failure() {
+                self.vcpus.resume();
+                return Err(Error::Guest(msg.to_string()));
+            }
+            Ok(true)
+        }
+    }
+
     /// Whether the VM is on its way down (a poweroff, reboot or shutdown was decided).
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
