@@ -4,12 +4,14 @@
 #   2. every workspace test on std: core on real threads, property tests, fuzz corpora,
 #      real-KVM tests of the backend, the control API and the pause storm on the synthetic
 #      guest,
-#   3. the real-guest tests (the Debian guest booting, the pause storm over the API while it
+#   3. the benchmarks build, and a short run of the side-by-side bench against QEMU makes
+#      its table and plots,
+#   4. the real-guest tests (the Debian guest booting, the pause storm over the API while it
 #      boots, CPU hot-add/remove, storms during resizes and the proptest sequences, and the
 #      storm's negative control against the old wide-lock design): directly where the
 #      host's KVM is hardware (VMX/SVM), inside the nested-KVM lab (scripts/kvm-lab.sh)
 #      where it is kvm_pvm or missing,
-#   4. the loom models in release mode with CI's bounded settings.
+#   5. the loom models in release mode with CI's bounded settings.
 # Any failure fails the run; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +53,17 @@ if [ "$host_kvm" = none ]; then
 else
     cargo test --workspace --release
 fi
+
+echo "== benchmarks build; the side-by-side bench makes its table and plots (a smoke run: figures printed, none asserted)"
+cargo bench --workspace --no-run
+smoke="$repo/target/bench/ci-smoke"
+rm -rf "$smoke"
+on_kvm() { if [ "$host_kvm" = none ]; then in_lab "$@"; else "$@"; fi; }
+on_kvm cargo bench -p vmm --bench bench_vs_qemu -- --metrics control --cycles 20 --rounds 2 \
+    --vcpus 1,2 --out "$smoke"
+for f in pause_vs_vcpus.svg pause_2_vCPU_s.svg no_op_request_1_vCPU_s.svg hot_add_reply.svg; do
+    [ -s "$smoke/$f" ] || { echo "test.sh: bench_vs_qemu wrote no $f"; exit 1; }
+done
 
 if [ "$real_guest_where" = lab ]; then
     echo "== the nested-KVM lab itself and README's lab examples"

@@ -13,6 +13,9 @@
 //!     `cont`), both on one persistent connection, and on a new connection per request
 //!     (QMP's greeting and capabilities negotiation included: what a one-shot client
 //!     pays). While one side is measured the other VM is paused, so only one guest spins;
+//!   * **no-op request**: `GET /api/v1/vmm.ping` against QMP's `query-status`, after a gap
+//!     drawn like the pause's, so as cold and as long after a resume as a pause: the trip
+//!     every request pays, which tells the VMM's own share of a pause from the client's;
 //!   * **hot-add, reply**: one more CPU per round (`vm.resize` to n + 1; QMP `device_add`
 //!     of the slot `query-hotpluggable-cpus` offers), from the request to the reply. The
 //!     image ignores added CPUs, so none is removed between rounds.
@@ -387,6 +390,14 @@ impl Running {
         }
     }
 
+    /// A request that does nothing (`vmm.ping`, QMP's `query-status`): the control trip.
+    fn ping(&mut self) -> Result<(), String> {
+        match self.side {
+            Side::Ours => self.api("ping", json!({})).map(drop),
+            Side::Qemu => self.qmp("query-status", None).map(drop),
+        }
+    }
+
     /// Adds one CPU.
     fn hot_add(&mut self) -> Result<(), String> {
         match self.side {
@@ -648,8 +659,10 @@ fn bench_boot(g: &Guest, sides: &[Side], boots: usize) -> Metric {
 }
 
 /// Pause and resume of the spin image with `n` vCPUs: (pause, resume) on a persistent
-/// connection, then on a new connection per request.
-fn bench_pause(image: &Path, sides: &[Side], n: usize, cycles: usize) -> [Metric; 4] {
+/// connection, then on a new connection per request; last, the trip of a request that does
+/// nothing, after a gap of its own before each pause of the persistent phase (as cold as
+/// the pause, as long after the resume).
+fn bench_pause(image: &Path, sides: &[Side], n: usize, cycles: usize) -> [Metric; 5] {
     let mut vms: Vec<Running> = sides
         .iter()
         .map(|&s| spawn(s, Boot::Spin(image), n, n, &format!("spin{n}")))
@@ -662,7 +675,7 @@ fn bench_pause(image: &Path, sides: &[Side], n: usize, cycles: usize) -> [Metric
         vm.pause()
             .unwrap_or_else(|e| fail(&format!("{}: {e}", vm.side.name())));
     }
-    let mut out: [Metric; 4] = Default::default();
+    let mut out: [Metric; 5] = Default::default();
     for (phase, persistent) in [(0, true), (2, false)] {
         for vm in &mut vms {
             if persistent {
@@ -679,6 +692,13 @@ fn bench_pause(image: &Path, sides: &[Side], n: usize, cycles: usize) -> [Metric
                 vm.resume()
                     .unwrap_or_else(|e| fail(&format!("{}: {e}", vm.side.name())));
                 for _ in 0..BLOCK {
+                    if persistent {
+                        std::thread::sleep(gap.next());
+                        let t = Instant::now();
+                        vm.ping()
+                            .unwrap_or_else(|e| fail(&format!("{}: {e}", vm.side.name())));
+                        out[4].push(vm.side, t.elapsed());
+                    }
                     std::thread::sleep(gap.next());
                     let t = Instant::now();
                     vm.pause()
@@ -813,7 +833,7 @@ fn main() {
             image.display()
         );
         for &n in &o.vcpus {
-            let [p, r, pn, rn] = bench_pause(image, &sides, n, o.cycles);
+            let [p, r, pn, rn, trip] = bench_pause(image, &sides, n, o.cycles);
             curve.push((
                 n,
                 quantile(&p.ours, 0.5),
@@ -823,6 +843,7 @@ fn main() {
             table.push((format!("resume, {n} vCPU(s)"), r));
             table.push((format!("pause, {n} vCPU(s), new conn"), pn));
             table.push((format!("resume, {n} vCPU(s), new conn"), rn));
+            table.push((format!("no-op request, {n} vCPU(s)"), trip));
         }
         table.push((
             "hot-add, reply".into(),
