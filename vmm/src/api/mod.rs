@@ -86,9 +86,8 @@ impl VmControl {
         let events = Mutex::new(vm.event_sender());
         VmControl { vm, events }
     }
-}
 
-impl VmControl {
+    /// What a client hears of a failed pause.
     fn pause_error(&self, e: Error) -> ApiError {
         match e {
             Error::Pause(PauseError::Timeout(t)) => ApiError::PauseTimeout(t),
