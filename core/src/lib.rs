@@ -90,8 +90,8 @@
 //!
 //! # Which thread may call what
 //!
-//! Calls that wait for vCPU threads ([`Vcpus::pause`], [`Vcpus::hot_remove`],
-//! [`Vcpus::reap`], [`Vcpus::shutdown`]) are for VMM threads only: a vCPU thread cannot wait
+//! Calls that wait for vCPU threads ([`Vcpus::pause`] and [`Vcpus::try_pause`],
+//! [`Vcpus::hot_remove`], [`Vcpus::reap`], [`Vcpus::shutdown`]) are for VMM threads only: a vCPU thread cannot wait
 //! for its own acknowledgement or exit, and two vCPUs waiting for each other would
 //! deadlock. Called on a vCPU thread (one that has entered [`VcpuLink::checkpoint`]) they
 //! return [`CoreError::OnVcpuThread`] / [`PauseError::OnVcpuThread`] at once. Everything

@@ -27,7 +27,7 @@ pub const REKICK_INTERVAL: Duration = Duration::from_millis(2);
 /// How long a pauser polls for acknowledgements before it sleeps, when the host has a CPU
 /// to spare for it (see [`Vcpus::pause`]): a little more than a vCPU of a small VM takes
 /// to leave the guest and acknowledge on this project's hosts (about 30 µs).
-pub const PAUSE_SPIN: Duration = Duration::from_micros(50);
+pub(crate) const PAUSE_SPIN: Duration = Duration::from_micros(50);
 
 /// How long a pause waits past its deadline, once, before reporting a timeout (see
 /// [`Vcpus::pause`]).
