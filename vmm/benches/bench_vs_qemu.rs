@@ -33,7 +33,8 @@
 //! against the vCPU count, into `target/bench/vs_qemu` (or `--out DIR`).
 //!
 //! Usage: `cargo bench -p vmm --bench bench_vs_qemu -- [--metrics control,guest]
-//! [--cycles N] [--boots N] [--rounds N] [--vcpus 1,2,4] [--out DIR]`; the guest group
+//! [--cycles N] [--boots N] [--rounds N] [--vcpus 1,2,4] [--out DIR]
+//! [--our-client blocking|library]`; the guest group
 //! where the host's KVM runs Linux, elsewhere through the nested-KVM lab (both VMMs then
 //! run on L1's kvm_amd):
 //! `CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/kvm-lab.sh --timeout 3000 --" cargo bench ...`.
@@ -74,6 +75,9 @@ struct Opts {
     out: PathBuf,
 }
 
+/// `--our-client library`: drive our API with `vmm::api::Connection` instead of [`Http`].
+static OUR_CLIENT_LIBRARY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 fn opts() -> Opts {
     let mut o = Opts {
         control: true,
@@ -110,10 +114,18 @@ fn opts() -> Opts {
             "--rounds" => o.rounds = num(val()),
             "--vcpus" => o.vcpus = val().split(',').map(|s| num(s.to_string())).collect(),
             "--out" => o.out = PathBuf::from(val()),
+            "--our-client" => {
+                let library = match val().as_str() {
+                    "blocking" => false,
+                    "library" => true,
+                    other => fail(&format!("unknown client {other:?} (blocking, library)")),
+                };
+                let _ = OUR_CLIENT_LIBRARY.set(library);
+            }
             "--bench" => {}
             other => fail(&format!(
                 "unknown argument {other:?} (--metrics control,guest --cycles N --boots N \
-                 --rounds N --vcpus 1,2,4 --out DIR)"
+                 --rounds N --vcpus 1,2,4 --out DIR --our-client blocking|library)"
             )),
         }
     }
@@ -203,8 +215,8 @@ impl Qmp {
 
 /// Our REST API over a blocking socket, the way QMP is driven above: the same kind of
 /// client on both sides, so the figures compare the servers. (Our own client library,
-/// `vmm::api::Connection`, runs hyper on a tokio runtime and costs 30-40 µs more per
-/// request after an idle gap on this host.)
+/// `vmm::api::Connection`, runs hyper on a tokio runtime and costs 25-40 µs more per
+/// request after an idle gap on this host: `--our-client library` measures it.)
 struct Http {
     stream: UnixStream,
     buf: Vec<u8>,
@@ -290,6 +302,8 @@ impl Http {
 /// The control connection of a running VM.
 enum Control {
     Api(Http),
+    /// Our API through our own client library (`--our-client library`).
+    Library(vmm::api::Connection),
     Qmp(Qmp),
     /// Dropped, for the new-connection phase (QMP serves one client at a time).
     None,
@@ -409,6 +423,13 @@ impl Running {
         // QMP serves one client at a time: close the old connection first.
         self.control = Control::None;
         self.control = match self.side {
+            Side::Ours if OUR_CLIENT_LIBRARY.get() == Some(&true) => {
+                // A stream that connects is a listening VMM (as in `Http::connect`).
+                Http::connect(&self.socket, Duration::from_secs(30))?;
+                Control::Library(
+                    vmm::api::Connection::connect(&self.socket).map_err(|e| e.to_string())?,
+                )
+            }
             Side::Ours => Control::Api(Http::connect(&self.socket, Duration::from_secs(30))?),
             Side::Qemu => Control::Qmp(Qmp::connect(&self.socket, Duration::from_secs(30))?),
         };
@@ -438,19 +459,30 @@ impl Running {
 
     /// A request to our control API; an answer other than 2xx is an error.
     fn api(&mut self, request: Request) -> Result<Value, String> {
-        self.with_control(|c| match c {
-            Control::Api(a) => {
-                let (status, body) = a.call(&request)?;
-                if !(200..300).contains(&status) {
-                    return Err(format!(
-                        "{} {} -> {status} {body}",
-                        request.method(),
-                        request.path()
-                    ));
+        self.with_control(|c| {
+            let (status, body) = match c {
+                Control::Api(a) => a.call(&request)?,
+                Control::Library(l) => {
+                    let a = l
+                        .raw(
+                            request.method(),
+                            &request.path(),
+                            request.body(),
+                            Duration::from_secs(30),
+                        )
+                        .map_err(|e| e.to_string())?;
+                    (a.status, a.body.unwrap_or(Value::Null))
                 }
-                Ok(body)
+                _ => return Err(format!("{}: not our VMM", request.path())),
+            };
+            if !(200..300).contains(&status) {
+                return Err(format!(
+                    "{} {} -> {status} {body}",
+                    request.method(),
+                    request.path()
+                ));
             }
-            _ => Err(format!("{}: not our VMM", request.path())),
+            Ok(body)
         })
     }
 
