@@ -10,6 +10,15 @@ use vcpu_sync::{Life, Location, PauseError, PAUSE_GRACE};
 
 const T: Duration = Duration::from_secs(5);
 
+/// Yields until `cond` holds; fails with `what` after [`T`].
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + T;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::yield_now();
+    }
+}
+
 #[test]
 fn a_deadline_passed_before_the_first_check_is_not_a_timeout() {
     let (vcpus, sim) = SimBackend::create(3, KickMode::ImmediateExit, false);
@@ -17,11 +26,9 @@ fn a_deadline_passed_before_the_first_check_is_not_a_timeout() {
         vcpus.start(i).expect("start");
     }
     // Let every thread reach guest mode first.
-    let deadline = Instant::now() + T;
-    while (0..3).any(|i| sim.entries(i) == 0) {
-        assert!(Instant::now() < deadline, "vCPUs never entered the guest");
-        std::thread::yield_now();
-    }
+    wait_for("vCPUs never entered the guest", || {
+        (0..3).all(|i| sim.entries(i) > 0)
+    });
     for round in 0..50 {
         vcpus
             .pause(Duration::ZERO)
@@ -39,11 +46,9 @@ fn a_real_straggler_still_times_out_after_the_grace() {
     vcpus.start(0).expect("start");
     vcpus.start(1).expect("start");
     sim.push_ops(1, [GuestOp::Wedge]);
-    let deadline = Instant::now() + T;
-    while vcpus.report(1).location != vcpu_sync::Location::InMmio {
-        assert!(Instant::now() < deadline, "vCPU 1 never wedged");
-        std::thread::yield_now();
-    }
+    wait_for("vCPU 1 never wedged", || {
+        vcpus.report(1).location == Location::InMmio
+    });
     let started = Instant::now();
     let err = vcpus.pause(Duration::from_millis(50)).expect_err("wedged");
     let waited = started.elapsed();
@@ -58,14 +63,6 @@ fn a_real_straggler_still_times_out_after_the_grace() {
     vcpus.shutdown(T).expect("shutdown");
     assert!(vcpus.reports().iter().all(|r| r.life == Life::Absent));
     sim.detach();
-}
-
-fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + T;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::yield_now();
-    }
 }
 
 #[test]

@@ -152,6 +152,25 @@ impl Side {
     }
 }
 
+/// Connects to a control socket, retrying until `timeout` (the VMM may not listen yet);
+/// reads on it time out after 30 s.
+fn connect_socket(what: &str, path: &Path, timeout: Duration) -> Result<UnixStream, String> {
+    let deadline = Instant::now() + timeout;
+    let stream = loop {
+        match UnixStream::connect(path) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("{what} {}: {e}", path.display()))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
 /// A QMP client: one JSON object per line each way; asynchronous events are skipped.
 struct Qmp {
     reader: BufReader<UnixStream>,
@@ -160,19 +179,7 @@ struct Qmp {
 
 impl Qmp {
     fn connect(path: &Path, timeout: Duration) -> Result<Qmp, String> {
-        let deadline = Instant::now() + timeout;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(format!("QMP {}: {e}", path.display()))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
+        let stream = connect_socket("QMP", path, timeout)?;
         let writer = stream.try_clone().map_err(|e| e.to_string())?;
         let mut q = Qmp {
             reader: BufReader::new(stream),
@@ -224,21 +231,8 @@ struct Http {
 
 impl Http {
     fn connect(path: &Path, timeout: Duration) -> Result<Http, String> {
-        let deadline = Instant::now() + timeout;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(format!("API {}: {e}", path.display()))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
         Ok(Http {
-            stream,
+            stream: connect_socket("API", path, timeout)?,
             buf: Vec::with_capacity(4096),
         })
     }
