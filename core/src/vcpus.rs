@@ -527,10 +527,14 @@ impl<B: Backend> Vcpus<B> {
                 shared.counters.pauses.fetch_add(1, Ordering::Relaxed);
                 return Ok(true);
             };
-            if brief && deadline.passed() {
+            // One reading per round: read apart, the deadline could pass between the
+            // checks and a brief pause would report a timeout (seen once in the lab's
+            // storm), or a full one skip its grace.
+            let passed = deadline.passed();
+            if brief && passed {
                 return Ok(false);
             }
-            if deadline.passed() && grace_left {
+            if passed && grace_left {
                 // One more look before giving up: a deadline that passed while the whole
                 // process was stopped (SIGSTOP, a stalled host) gave the vCPUs no chance to
                 // run, and the first check after the stop would otherwise blame them.
@@ -545,7 +549,7 @@ impl<B: Backend> Vcpus<B> {
                 }
                 continue;
             }
-            if deadline.passed() {
+            if passed {
                 let missing = pending.iter().map(|&i| self.report(i)).collect();
                 let err = PauseTimeout { missing };
                 log::warn!("{err}");
