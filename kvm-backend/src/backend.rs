@@ -1,15 +1,17 @@
 //! [`KvmBackend`]: vCPU creation, the vCPU threads' run loop, and kicks.
 //!
 //! A kick must never be lost, whatever the target thread is doing:
-//! * in KVM_RUN: `SIGRTMIN` (handler installed without `SA_RESTART`) makes KVM_RUN return
-//!   `EINTR`;
+//! * in KVM_RUN: `SIGRTMIN` makes KVM_RUN return `EINTR`. The vCPU thread blocks it and
+//!   KVM unblocks it only inside KVM_RUN (KVM_SET_SIGNAL_MASK, as QEMU does), so the kick
+//!   stays pending instead of running a handler, and the thread takes it with one
+//!   `sigtimedwait` (a no-op handler, installed without `SA_RESTART`, is the fallback);
 //! * anywhere else: `kvm_run.immediate_exit = 1` makes the next KVM_RUN return `EINTR`
 //!   at once. The run loop clears it *before* `checkpoint()`, so a kick that lands between
 //!   the checkpoint and KVM_RUN still takes effect, and the next checkpoint sees the pause.
 //!
 //! The kicker reaches `kvm_run` and the thread id through a per-slot lock that the vCPU
 //! thread also takes to retract them before it gives up its `VcpuFd` (which unmaps
-//! `kvm_run`) and exits; the lock is held only for a store and a `pthread_kill`.
+//! `kvm_run`) and exits; the lock is held only for a store and a `tgkill`.
 
 use crate::cpuid::{self, Topology};
 use crate::emulation;
@@ -52,21 +54,123 @@ fn install_kick_handler() -> Result<(), Error> {
     .map_err(Error::SignalHandler)
 }
 
-/// A vCPU thread may inherit a mask that blocks the kick signal; a blocked kick would only
-/// be caught by `immediate_exit`, never interrupting a running guest.
-fn unblock_kick_signal(index: usize) {
+/// Sends the kick signal to thread `tid` of this process with one `tgkill`.
+///
+/// `pthread_kill` would cost four system calls here (glibc masks all signals around
+/// `getpid` and `tgkill` to guard against the thread exiting meanwhile), which a pause of
+/// many vCPUs pays once per vCPU on its serial path. The caller guarantees that guard
+/// itself: it holds the slot's kick lock, which the thread takes to clear its target
+/// before it exits, so `tid` cannot have been reused.
+fn send_kick(tid: libc::pid_t) -> std::io::Result<()> {
+    static PID: OnceLock<libc::pid_t> = OnceLock::new();
+    // SAFETY: always safe to call.
+    let pid = *PID.get_or_init(|| unsafe { libc::getpid() });
+    // SAFETY: tgkill takes plain integers; a wrong target is an error, not UB.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, kick_signal()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `struct kvm_signal_mask` with room for the kernel's 64-bit signal set.
+#[repr(C)]
+struct KvmSignalMask {
+    len: u32,
+    sigset: [u8; 8],
+}
+
+vmm_sys_util::ioctl_iow_nr!(
+    KVM_SET_SIGNAL_MASK,
+    kvm_bindings::KVMIO,
+    0x8b,
+    kvm_bindings::kvm_signal_mask
+);
+
+/// How this vCPU thread receives kicks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum KickMode {
+    /// Blocked in the thread, unblocked only inside KVM_RUN (KVM_SET_SIGNAL_MASK): a kick
+    /// interrupts KVM_RUN and stays pending, and the thread takes it with one
+    /// `sigtimedwait` instead of a handler's signal frame and `rt_sigreturn`.
+    MaskedOutsideRun,
+    /// Unblocked throughout, caught by the no-op handler (when KVM_SET_SIGNAL_MASK fails).
+    Handler,
+}
+
+/// The kick signal alone, as a signal set.
+fn kick_set() -> libc::sigset_t {
     // SAFETY: plain libc calls on a local, fully initialised signal set.
-    let rc = unsafe {
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, kick_signal());
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
+        set
+    }
+}
+
+/// Blocks the kick signal in this thread and has KVM unblock it while in KVM_RUN, so a
+/// kick interrupts the guest and nothing else. Falls back to the handler if KVM refuses.
+fn arm_kicks(vcpu: &VcpuFd, index: usize) -> KickMode {
+    let kick = kick_set();
+    // SAFETY: an all-zero sigset_t is valid and is overwritten by pthread_sigmask.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to initialised signal sets.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &kick, &mut old) };
+    if rc != 0 {
+        log::error!("vCPU {index}: cannot block the kick signal (error {rc})");
+        return unblock_kicks(index);
+    }
+    let mut in_run = old;
+    // SAFETY: valid pointer to an initialised signal set.
+    unsafe { libc::sigdelset(&mut in_run, kick_signal()) };
+    // The kernel's sigset_t is the first 64 bits of glibc's.
+    let mut mask = KvmSignalMask {
+        len: 8,
+        sigset: [0; 8],
     };
+    // SAFETY: glibc's sigset_t is at least 8 bytes long and fully initialised.
+    let bytes =
+        unsafe { std::slice::from_raw_parts((&in_run as *const libc::sigset_t).cast::<u8>(), 8) };
+    mask.sigset.copy_from_slice(bytes);
+    // SAFETY: KVM_SET_SIGNAL_MASK reads a kvm_signal_mask of `len` set bytes, which `mask` holds.
+    let rc = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(vcpu, KVM_SET_SIGNAL_MASK(), &mask) };
+    if rc != 0 {
+        log::warn!(
+            "vCPU {index}: KVM_SET_SIGNAL_MASK failed ({}); kicks go through a handler",
+            std::io::Error::last_os_error()
+        );
+        return unblock_kicks(index);
+    }
+    KickMode::MaskedOutsideRun
+}
+
+/// Unblocks the kick signal in this thread: a blocked kick would only be caught by
+/// `immediate_exit`, never interrupting a running guest.
+fn unblock_kicks(index: usize) -> KickMode {
+    let kick = kick_set();
+    // SAFETY: valid pointer to an initialised signal set.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &kick, std::ptr::null_mut()) };
     if rc != 0 {
         log::error!(
             "vCPU {index}: cannot unblock the kick signal (error {rc}); kicks will be slow"
         );
     }
+    KickMode::Handler
+}
+
+/// Takes one pending kick, if any, without waiting. Called after KVM_RUN returned EINTR:
+/// a kick left pending would interrupt the next KVM_RUN at once. (Kicks queue; any left
+/// are taken on the following rounds, each of which ends at once.)
+fn take_kick() {
+    let kick = kick_set();
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointers; a null siginfo is allowed. EAGAIN (none pending) is fine.
+    unsafe { libc::sigtimedwait(&kick, std::ptr::null_mut(), &zero) };
 }
 
 /// `kvm_run.immediate_exit` of a live vCPU, accessed atomically because the kicker writes
@@ -84,8 +188,8 @@ unsafe fn immediate_exit<'a>(ptr: *mut u8) -> &'a AtomicU8 {
 struct KickTarget {
     /// `&kvm_run.immediate_exit` of the vCPU.
     immediate_exit: *mut u8,
-    /// The vCPU thread.
-    thread: libc::pthread_t,
+    /// The vCPU thread's kernel thread ID (see [`send_kick`]).
+    tid: libc::pid_t,
 }
 
 // SAFETY: the pointer is only dereferenced under the slot's lock, and the vCPU thread
@@ -346,11 +450,12 @@ impl Backend for KvmBackend {
         // SAFETY: the target is present, so the vCPU thread still owns its VcpuFd and
         // cannot remove the target (or unmap kvm_run) while we hold the lock.
         unsafe { immediate_exit(t.immediate_exit) }.store(1, Ordering::SeqCst);
-        // SAFETY: the thread is alive: it clears the target under this lock before exiting.
-        let rc = unsafe { libc::pthread_kill(t.thread, kick_signal()) };
+        // The thread is alive (it clears the target under this lock before exiting), so
+        // its thread ID names it and no other.
+        let sent = send_kick(t.tid);
         drop(target);
-        if rc != 0 {
-            log::warn!("vCPU {index}: pthread_kill failed with error {rc}");
+        if let Err(e) = sent {
+            log::warn!("vCPU {index}: tgkill failed: {e}");
         }
     }
 
@@ -384,12 +489,12 @@ fn vcpu_thread(inner: Arc<Inner>, mut vcpu: VcpuFd, link: VcpuLink) {
         inner.handler.vcpu_exited(index);
         return;
     };
-    unblock_kick_signal(index);
+    let kick_mode = arm_kicks(&vcpu, index);
     let ie_ptr: *mut u8 = std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit);
     *lock(&slot.kick) = Some(KickTarget {
         immediate_exit: ie_ptr,
         // SAFETY: always safe to call.
-        thread: unsafe { libc::pthread_self() },
+        tid: unsafe { libc::gettid() },
     });
     log::debug!("vCPU {index}: thread started");
     inner.handler.vcpu_thread_started(index);
@@ -401,6 +506,7 @@ fn vcpu_thread(inner: Arc<Inner>, mut vcpu: VcpuFd, link: VcpuLink) {
             inner.handler.as_ref(),
             &inner.memory,
             ie_ptr,
+            kick_mode,
             &slot.fault,
         )
     }));
@@ -455,6 +561,7 @@ fn run_loop(
     handler: &dyn ExitHandler,
     memory: &GuestMemoryMmap,
     ie_ptr: *mut u8,
+    kick_mode: KickMode,
     fault: &AtomicU8,
 ) {
     let index = link.index();
@@ -528,7 +635,12 @@ fn run_loop(
                 )));
             }
             // Kicked: the signal or immediate_exit interrupted KVM_RUN.
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) if e.errno() == libc::EINTR => {
+                if kick_mode == KickMode::MaskedOutsideRun {
+                    take_kick();
+                }
+            }
+            Err(e) if e.errno() == libc::EAGAIN => {}
             Err(e) => {
                 break Some(GuestStop::Fatal(format!(
                     "vCPU {index}: KVM_RUN failed: {e}"

@@ -335,6 +335,58 @@ fn single_kicks_stick(code: &[u8]) {
     t.vcpus.shutdown(TIMEOUT).expect("shutdown");
 }
 
+/// Bit masks of one thread's signal sets, from `/proc/self/task/<tid>/status`.
+fn thread_signals(tid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+        .unwrap_or_else(|e| panic!("status of thread {tid}: {e}"));
+    let field = |name: &str| {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {status}"));
+        u64::from_str_radix(line[name.len()..].trim(), 16).expect("hex mask")
+    };
+    (field("SigBlk:"), field("SigPnd:"))
+}
+
+/// Outside KVM_RUN a vCPU thread blocks the kick signal (so a kick never runs a handler on
+/// it or cuts short a device model's system call), and it takes every kick that
+/// interrupted KVM_RUN, leaving none pending to cut short its next KVM_RUN.
+#[test]
+fn kicks_are_blocked_outside_kvm_run_and_none_stays_pending() {
+    if !kvm_available() {
+        return;
+    }
+    let t = TestVm::new(&guest_counter(), 1);
+    t.vcpus.start(0).expect("start BSP");
+    t.wait_counter_above(0);
+    let tid = t.rec.tids.lock().unwrap()[0].1;
+    let kick_bit = 1u64 << (libc::SIGRTMIN() - 1);
+    for i in 0..50 {
+        // Without re-kicks, exactly one kick per pause, landing in KVM_RUN (the guest is
+        // running: its counter moved since the last resume; a vCPU still parked would
+        // join this pause without leaving its checkpoint, its kick pending until its next
+        // KVM_RUN).
+        pause_with(&t.vcpus, TIMEOUT, Rekick::Disabled)
+            .unwrap_or_else(|e| panic!("pause {i}: {e}"));
+        let (blocked, pending) = thread_signals(tid);
+        assert_ne!(
+            blocked & kick_bit,
+            0,
+            "pause {i}: kick signal not blocked outside KVM_RUN"
+        );
+        assert_eq!(
+            pending & kick_bit,
+            0,
+            "pause {i}: a kick stayed pending: {}",
+            t.vcpus.report(0)
+        );
+        assert!(t.vcpus.resume());
+        t.wait_counter_above(t.counter());
+    }
+    t.vcpus.shutdown(TIMEOUT).expect("shutdown");
+}
+
 #[test]
 fn single_kicks_never_get_lost_spinning_guest() {
     single_kicks_stick(&guest_counter());

@@ -99,6 +99,8 @@ const COMMON: &[i64] = &[
     libc::SYS_sigaltstack,
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigreturn,
+    // A vCPU thread takes its pending kick (blocked outside KVM_RUN) without a handler.
+    libc::SYS_rt_sigtimedwait,
     libc::SYS_sched_yield,
     libc::SYS_sched_getaffinity,
     libc::SYS_set_robust_list,

@@ -62,6 +62,8 @@ pub struct Recorder {
     pub stopped: Mutex<Vec<(usize, GuestStop)>>,
     pub exited: Mutex<Vec<usize>>,
     pub threads: Mutex<Vec<String>>,
+    /// (vCPU, kernel thread ID) of every vCPU thread started.
+    pub tids: Mutex<Vec<(usize, i32)>>,
     /// Every port write, including those not kept in `pio_writes`.
     pub pio_total: AtomicU64,
 }
@@ -84,6 +86,12 @@ impl Recorder {
 }
 
 impl ExitHandler for Recorder {
+    fn vcpu_thread_started(&self, vcpu: usize) {
+        // SAFETY: always safe to call.
+        let tid = unsafe { libc::gettid() };
+        self.tids.lock().unwrap().push((vcpu, tid));
+    }
+
     fn pio_read(&self, vcpu: usize, port: u16, data: &mut [u8]) {
         self.note_thread();
         data.fill(READ_VALUE);
