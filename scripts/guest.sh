@@ -38,6 +38,8 @@
 #   VMTEST-POWEROFF                                   (poweroff mode, just before powering off)
 #   VMTEST-WATCH                                      (watch mode, once before the loop)
 #   VMTEST online=<online> present=<present> nproc=<n>  (watch mode, first round and on every change)
+#   VMTEST onlining=cpuN                              (watch mode, a new CPU's event handled:
+#                                                      just before writing its online file)
 #   VMTEST onlined=cpuN / VMTEST online-failed=cpuN   (watch mode, when it onlines a new CPU)
 #   VMTEST uptime=<seconds>                           (watch mode with vmtest.tick, periodically)
 #   VMTEST-SHELL                                      (shell mode)
@@ -339,6 +341,7 @@ fi
 case "$n" in cpu[0-9]*) ;; *) exit 0 ;; esac
 f=/sys/devices/system/cpu/$n/online
 [ -f "$f" ] && [ "$(cat "$f" 2>/dev/null)" = 0 ] || exit 0
+echo "VMTEST onlining=$n"
 if echo 1 2>/dev/null >"$f"; then
     echo "VMTEST onlined=$n"
 else

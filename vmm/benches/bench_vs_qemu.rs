@@ -25,8 +25,9 @@
 //!     1 vCPU, 512 MiB (QEMU: the `pc` machine with qboot, its fastest firmware);
 //!   * **hot-add to online**: one CPU (`vm.resize` 1 -> 2; `device_add`), from the request
 //!     to the reply and to the guest reporting it online (`vmtest.mode=watch`: the guest's
-//!     init onlines it on its uevent); then it is removed again (`vm.resize` to 1;
-//!     `device_del`) before the next round.
+//!     init onlines it on its uevent, printing `VMTEST onlining=cpu1` as its handler
+//!     starts, the "guest event" row, and `VMTEST onlined=cpu1` when done); then it is
+//!     removed again (`vm.resize` to 1; `device_del`) before the next round.
 //!
 //! Prints, per metric, median/p90/p99/max for each side and the ratios ours/QEMU, and
 //! writes one SVG per metric (latency CDFs, both sides on one chart) plus the pause median
@@ -862,8 +863,9 @@ fn bench_hot_add_reply(image: &Path, sides: &[Side], rounds: usize) -> Metric {
     out
 }
 
-/// Hot-add of one CPU to a 1-vCPU Debian guest (max 2): [reply, guest online].
-fn bench_hot_add(g: &Guest, sides: &[Side], rounds: usize) -> [Metric; 2] {
+/// Hot-add of one CPU to a 1-vCPU Debian guest (max 2): [reply, the guest's uevent
+/// handler starting to online it, guest online].
+fn bench_hot_add(g: &Guest, sides: &[Side], rounds: usize) -> [Metric; 3] {
     let mut vms: Vec<Running> = sides
         .iter()
         .map(|&s| spawn(s, Boot::Debian(g, "vmtest.mode=watch"), 1, 2, "hotadd"))
@@ -881,15 +883,22 @@ fn bench_hot_add(g: &Guest, sides: &[Side], rounds: usize) -> [Metric; 2] {
         vm.connect()
             .unwrap_or_else(|e| fail(&format!("{}: {e}", vm.side.name())));
     }
-    let mut out: [Metric; 2] = Default::default();
+    let mut out: [Metric; 3] = Default::default();
     for _ in 0..rounds {
         for (vm, at) in vms.iter_mut().zip(cursor.iter_mut()) {
             let t = Instant::now();
             vm.hot_add()
                 .unwrap_or_else(|e| fail(&format!("{}: hot-add: {e}", vm.side.name())));
             out[0].push(vm.side, t.elapsed());
-            *at = vm.wait_line(*at, "CPU 1 online", settled(2)) + 1;
+            // The guest's uevent handler prints a line as it starts onlining the CPU
+            // (the kernel has added the CPU and sent its event) and one when done (the
+            // watch loop's summary lines come every 0.2 s and would quantise this).
+            let onlining = vm.wait_line(*at, "CPU 1 event", |l| l == "VMTEST onlining=cpu1");
             out[1].push(vm.side, t.elapsed());
+            let onlined = vm.wait_line(onlining, "CPU 1 onlined", |l| l == "VMTEST onlined=cpu1");
+            out[2].push(vm.side, t.elapsed());
+            let summary = vm.wait_line(*at, "CPU 1 online", settled(2));
+            *at = onlined.max(summary) + 1;
             vm.hot_remove()
                 .unwrap_or_else(|e| fail(&format!("{}: hot-remove: {e}", vm.side.name())));
             *at = vm.wait_line(*at, "CPU 1 gone", settled(1)) + 1;
@@ -976,8 +985,9 @@ fn main() {
             "boot to init, 1 vCPU".into(),
             bench_boot(&g, &sides, o.boots),
         ));
-        let [reply, online] = bench_hot_add(&g, &sides, o.rounds);
+        let [reply, event, online] = bench_hot_add(&g, &sides, o.rounds);
         table.push(("Linux hot-add 1 -> 2, reply".into(), reply));
+        table.push(("Linux hot-add 1 -> 2, guest event".into(), event));
         table.push(("Linux hot-add 1 -> 2, guest online".into(), online));
     }
 
