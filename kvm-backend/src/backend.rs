@@ -4,7 +4,10 @@
 //! * in KVM_RUN: `SIGRTMIN` makes KVM_RUN return `EINTR`. The vCPU thread blocks it and
 //!   KVM unblocks it only inside KVM_RUN (KVM_SET_SIGNAL_MASK, as QEMU does), so the kick
 //!   stays pending instead of running a handler, and the thread takes it with one
-//!   `sigtimedwait` (a no-op handler, installed without `SA_RESTART`, is the fallback);
+//!   `sigtimedwait` (a no-op handler, installed without `SA_RESTART`, is the fallback).
+//!   At most one such signal is outstanding per thread (`VcpuSlot::signal_sent`): a
+//!   real-time signal queues, and a vCPU stuck outside KVM_RUN while a pause re-kicks it
+//!   would otherwise pile them up;
 //! * anywhere else: `kvm_run.immediate_exit = 1` makes the next KVM_RUN return `EINTR`
 //!   at once. The run loop clears it *before* `checkpoint()`, so a kick that lands between
 //!   the checkpoint and KVM_RUN still takes effect, and the next checkpoint sees the pause.
@@ -190,6 +193,8 @@ struct KickTarget {
     immediate_exit: *mut u8,
     /// The vCPU thread's kernel thread ID (see [`send_kick`]).
     tid: libc::pid_t,
+    /// How the thread takes kicks.
+    mode: KickMode,
 }
 
 // SAFETY: the pointer is only dereferenced under the slot's lock, and the vCPU thread
@@ -217,6 +222,13 @@ struct VcpuSlot {
     fault: AtomicU8,
     /// Set while a thread runs this vCPU. Held only to kick or to set/clear the target.
     kick: Mutex<Option<KickTarget>>,
+    /// A kick signal was sent to the thread (in [`KickMode::MaskedOutsideRun`]) and the
+    /// thread has not taken it yet: further kicks only set `immediate_exit`. Set by a
+    /// kicker (under `kick`), cleared by the thread after it took the signal. Without
+    /// it, a vCPU stuck outside KVM_RUN while a pause re-kicks it every few ms would
+    /// queue a real-time signal per kick, up to the user's RLIMIT_SIGPENDING, after which
+    /// kicks to every vCPU of the process fail.
+    signal_sent: AtomicBool,
     /// The fd of a vCPU whose thread has exited. KVM cannot destroy a vCPU (its id stays
     /// taken until the VM is destroyed), so a hot-add of the same index after a
     /// hot-remove reuses it instead of failing KVM_CREATE_VCPU with EEXIST.
@@ -450,9 +462,19 @@ impl Backend for KvmBackend {
         // SAFETY: the target is present, so the vCPU thread still owns its VcpuFd and
         // cannot remove the target (or unmap kvm_run) while we hold the lock.
         unsafe { immediate_exit(t.immediate_exit) }.store(1, Ordering::SeqCst);
+        // One signal outstanding is enough: until the thread takes it, it either is
+        // pending (and ends the next KVM_RUN at once) or the thread is between taking
+        // it and its checkpoint, which sees what this kick is about (published before
+        // the kick) and clears the flag before it runs the guest again.
+        if t.mode == KickMode::MaskedOutsideRun && slot.signal_sent.swap(true, Ordering::SeqCst) {
+            return;
+        }
         // The thread is alive (it clears the target under this lock before exiting), so
         // its thread ID names it and no other.
         let sent = send_kick(t.tid);
+        if sent.is_err() {
+            slot.signal_sent.store(false, Ordering::SeqCst);
+        }
         drop(target);
         if let Err(e) = sent {
             log::warn!("vCPU {index}: tgkill failed: {e}");
@@ -491,11 +513,17 @@ fn vcpu_thread(inner: Arc<Inner>, mut vcpu: VcpuFd, link: VcpuLink) {
     };
     let kick_mode = arm_kicks(&vcpu, index);
     let ie_ptr: *mut u8 = std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit);
-    *lock(&slot.kick) = Some(KickTarget {
-        immediate_exit: ie_ptr,
-        // SAFETY: always safe to call.
-        tid: unsafe { libc::gettid() },
-    });
+    {
+        let mut target = lock(&slot.kick);
+        // A signal sent to an earlier thread of this slot died with it.
+        slot.signal_sent.store(false, Ordering::SeqCst);
+        *target = Some(KickTarget {
+            immediate_exit: ie_ptr,
+            // SAFETY: always safe to call.
+            tid: unsafe { libc::gettid() },
+            mode: kick_mode,
+        });
+    }
     log::debug!("vCPU {index}: thread started");
     inner.handler.vcpu_thread_started(index);
 
@@ -507,7 +535,7 @@ fn vcpu_thread(inner: Arc<Inner>, mut vcpu: VcpuFd, link: VcpuLink) {
             &inner.memory,
             ie_ptr,
             kick_mode,
-            &slot.fault,
+            slot,
         )
     }));
 
@@ -562,8 +590,9 @@ fn run_loop(
     memory: &GuestMemoryMmap,
     ie_ptr: *mut u8,
     kick_mode: KickMode,
-    fault: &AtomicU8,
+    slot: &VcpuSlot,
 ) {
+    let fault = &slot.fault;
     let index = link.index();
     // SAFETY: `vcpu` (which owns the kvm_run mapping) outlives this function.
     let immediate_exit = unsafe { immediate_exit(ie_ptr) };
@@ -637,7 +666,11 @@ fn run_loop(
             // Kicked: the signal or immediate_exit interrupted KVM_RUN.
             Err(e) if e.errno() == libc::EINTR => {
                 if kick_mode == KickMode::MaskedOutsideRun {
+                    // Take, then clear: cleared first, a kick could send a second
+                    // signal that this take consumes, leaving the flag set with none
+                    // pending, and later kicks would then never interrupt the guest.
                     take_kick();
+                    slot.signal_sent.store(false, Ordering::SeqCst);
                 }
             }
             Err(e) if e.errno() == libc::EAGAIN => {}

@@ -6,7 +6,7 @@ mod common;
 use common::ZERO_PAGE;
 use common::*;
 use kvm_backend::layout::BOOT_STACK;
-use kvm_backend::{BackendConfig, BootEntry, Error, GuestStop, KvmVm};
+use kvm_backend::{BackendConfig, BootEntry, Error, Fault, GuestStop, KvmVm};
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
 use std::time::{Duration, Instant};
 use vcpu_sync::sim::{pause_with, Rekick};
@@ -384,6 +384,55 @@ fn kicks_are_blocked_outside_kvm_run_and_none_stays_pending() {
         assert!(t.vcpus.resume());
         t.wait_counter_above(t.counter());
     }
+    t.vcpus.shutdown(TIMEOUT).expect("shutdown");
+}
+
+/// Signals queued for this user (`SigQ` of `/proc/self/status`).
+fn queued_signals() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("SigQ:"))
+        .expect("SigQ line");
+    let count = line["SigQ:".len()..]
+        .trim()
+        .split('/')
+        .next()
+        .expect("count");
+    count.parse().expect("SigQ count")
+}
+
+/// A vCPU stuck outside KVM_RUN (in a stalled device handler) while a pause keeps
+/// re-kicking it holds at most one kick signal queued. Kicks queued without bound would
+/// use up the user's RLIMIT_SIGPENDING (and then kicks to every other vCPU would fail),
+/// and would each cost the vCPU a KVM_RUN round once it returns.
+#[test]
+fn rekicks_of_a_vcpu_stuck_outside_kvm_run_queue_one_signal() {
+    if !kvm_available() {
+        return;
+    }
+    let t = TestVm::new(&guest_counter(), 1);
+    t.vcpus.start(0).expect("start BSP");
+    t.wait_counter_above(0);
+    let before = queued_signals();
+    t.vcpus.backend().inject_fault(0, Some(Fault::Stall));
+    t.vcpus
+        .pause(Duration::from_millis(300))
+        .expect_err("a stalled vCPU cannot acknowledge");
+    let rekicks = t.vcpus.stats().rekicks;
+    let queued = queued_signals().saturating_sub(before);
+    assert!(rekicks >= 50, "only {rekicks} re-kicks");
+    // Other tests' kicks in this process come and go; a pile-up would be ~`rekicks`.
+    assert!(
+        queued <= 5,
+        "{queued} signals queued after {rekicks} re-kicks"
+    );
+    t.vcpus.backend().inject_fault(0, None);
+    assert!(
+        t.vcpus.resume(),
+        "the failed pause stays in force until withdrawn"
+    );
+    t.wait_counter_above(t.counter());
     t.vcpus.shutdown(TIMEOUT).expect("shutdown");
 }
 
