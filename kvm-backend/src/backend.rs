@@ -164,8 +164,9 @@ fn unblock_kicks(index: usize) -> KickMode {
 }
 
 /// Takes one pending kick, if any, without waiting. Called after KVM_RUN returned EINTR:
-/// a kick left pending would interrupt the next KVM_RUN at once. (Kicks queue; any left
-/// are taken on the following rounds, each of which ends at once.)
+/// a kick left pending would interrupt the next KVM_RUN at once. (At most one is normally
+/// outstanding, see `VcpuSlot::signal_sent`; a second, sent while the thread was between
+/// taking and clearing, is taken on the next round, which ends at once.)
 fn take_kick() {
     let kick = kick_set();
     let zero = libc::timespec {
