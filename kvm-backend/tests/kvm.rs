@@ -74,9 +74,7 @@ fn pause_stops_a_spinning_guest_and_resume_restarts_it() {
     if !kvm_available() {
         return;
     }
-    let t = TestVm::new(&guest_counter(), 1);
-    t.vcpus.start(0).expect("start BSP");
-    t.wait_counter_above(0);
+    let t = TestVm::counting();
 
     let started = Instant::now();
     t.vcpus.pause(TIMEOUT).expect("pause of a spinning guest");
@@ -335,18 +333,22 @@ fn single_kicks_stick(code: &[u8]) {
     t.vcpus.shutdown(TIMEOUT).expect("shutdown");
 }
 
-/// Bit masks of one thread's signal sets, from `/proc/self/task/<tid>/status`.
+/// Field `name` (e.g. `SigQ:`) of a `/proc/.../status` file, trimmed.
+fn status_field(path: &str, name: &str) -> String {
+    let status =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} in {path}: {status}"));
+    line[name.len()..].trim().to_string()
+}
+
+/// Bit masks of one thread's blocked and pending signal sets.
 fn thread_signals(tid: i32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
-        .unwrap_or_else(|e| panic!("status of thread {tid}: {e}"));
-    let field = |name: &str| {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no {name} in {status}"));
-        u64::from_str_radix(line[name.len()..].trim(), 16).expect("hex mask")
-    };
-    (field("SigBlk:"), field("SigPnd:"))
+    let path = format!("/proc/self/task/{tid}/status");
+    let mask = |name| u64::from_str_radix(&status_field(&path, name), 16).expect("hex mask");
+    (mask("SigBlk:"), mask("SigPnd:"))
 }
 
 /// Outside KVM_RUN a vCPU thread blocks the kick signal (so a kick never runs a handler on
@@ -357,9 +359,7 @@ fn kicks_are_blocked_outside_kvm_run_and_none_stays_pending() {
     if !kvm_available() {
         return;
     }
-    let t = TestVm::new(&guest_counter(), 1);
-    t.vcpus.start(0).expect("start BSP");
-    t.wait_counter_above(0);
+    let t = TestVm::counting();
     let tid = t.rec.tids.lock().unwrap()[0].1;
     let kick_bit = 1u64 << (libc::SIGRTMIN() - 1);
     for i in 0..50 {
@@ -387,18 +387,10 @@ fn kicks_are_blocked_outside_kvm_run_and_none_stays_pending() {
     t.vcpus.shutdown(TIMEOUT).expect("shutdown");
 }
 
-/// Signals queued for this user (`SigQ` of `/proc/self/status`).
+/// Signals queued for this user (`SigQ` of `/proc/self/status`: count/limit).
 fn queued_signals() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("SigQ:"))
-        .expect("SigQ line");
-    let count = line["SigQ:".len()..]
-        .trim()
-        .split('/')
-        .next()
-        .expect("count");
+    let queue = status_field("/proc/self/status", "SigQ:");
+    let count = queue.split('/').next().expect("count");
     count.parse().expect("SigQ count")
 }
 
@@ -411,9 +403,7 @@ fn rekicks_of_a_vcpu_stuck_outside_kvm_run_queue_one_signal() {
     if !kvm_available() {
         return;
     }
-    let t = TestVm::new(&guest_counter(), 1);
-    t.vcpus.start(0).expect("start BSP");
-    t.wait_counter_above(0);
+    let t = TestVm::counting();
     let before = queued_signals();
     t.vcpus.backend().inject_fault(0, Some(Fault::Stall));
     t.vcpus

@@ -174,6 +174,14 @@ impl TestVm {
             .expect("read counter")
     }
 
+    /// A 1-vCPU VM running the counting guest, its counter already moving.
+    pub fn counting() -> TestVm {
+        let t = TestVm::new(&guest_counter(), 1);
+        t.vcpus.start(0).expect("start BSP");
+        t.wait_counter_above(0);
+        t
+    }
+
     /// Waits until the guest counter moves past `from`.
     pub fn wait_counter_above(&self, from: u64) -> u64 {
         let mut now = 0;
